@@ -1,0 +1,1 @@
+"""computeagent: a per-hypervisor compute agent on libvirt/QEMU (native threads only)."""
