@@ -10,11 +10,12 @@ from computeagent.conf import database
 from computeagent.conf import image_cache
 from computeagent.conf import libvirt
 from computeagent.conf import migration
+from computeagent.conf import network
 from computeagent.conf import qemu_img
 
 CONF = cfg.CONF
 
-_MODULES = [default, database, image_cache, libvirt, migration, qemu_img]
+_MODULES = [default, database, image_cache, libvirt, migration, network, qemu_img]
 
 for _mod in _MODULES:
     _mod.register_opts(CONF)

@@ -14,8 +14,6 @@ opts = [
                     "live block migration."),
     cfg.StrOpt("rpc_topic", default="computeagent",
                help="RPC topic the agent listens on (target topic)."),
-    cfg.IntOpt("rpc_workers", default=8, min=1,
-               help="Threads of the oslo.messaging threading executor."),
     cfg.IntOpt("long_task_workers", default=4, min=1,
                help="Bounded pool of threads for long operations (spawn, migrations)."),
     cfg.IntOpt("sync_power_state_interval", default=10, min=1,

@@ -1,0 +1,61 @@
+"""SQLAlchemy models of the agent's local state. Schema changes go through Alembic."""
+import datetime
+
+from sqlalchemy import JSON, DateTime, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow():
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    host: Mapped[str] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(32))
+    task_state: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    power_state: Mapped[str] = mapped_column(String(32), default="NOSTATE")
+    flavor: Mapped[dict] = mapped_column(JSON, default=dict)
+    image: Mapped[dict] = mapped_column(JSON, default=dict)
+    networks: Mapped[list] = mapped_column(JSON, default=list)
+    meta: Mapped[dict] = mapped_column("metadata", JSON, default=dict)
+    disk_path: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    base_path: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    fault: Mapped[str | None] = mapped_column(Text, nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow,
+                                                          onupdate=utcnow)
+
+
+class Migration(Base):
+    __tablename__ = "migrations"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    instance_uuid: Mapped[str] = mapped_column(String(36), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(255))
+    dest: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(32))
+    step: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    data_total: Mapped[int] = mapped_column(Integer, default=0)
+    data_processed: Mapped[int] = mapped_column(Integer, default=0)
+    data_remaining: Mapped[int] = mapped_column(Integer, default=0)
+    downtime_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    old_flavor: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    new_flavor: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    extra: Mapped[dict] = mapped_column(JSON, default=dict)
+    started_at: Mapped[datetime.datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[datetime.datetime | None] = mapped_column(DateTime, nullable=True)
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow,
+                                                          onupdate=utcnow)

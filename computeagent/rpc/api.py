@@ -1,0 +1,77 @@
+"""Client side of the computeagent RPC API: what a scheduler imports.
+
+    from computeagent.rpc import api
+    transport = api.get_transport(cfg.CONF, "rabbit://user:pw@broker:5672/")
+    agent = api.ComputeAgentAPI(transport)
+    agent.spawn({"request_id": "req-1"}, "hosta", instance)
+    agent.get_instance({}, "hosta", uuid)          # raises InstanceNotFound
+
+API version history (bump the minor version for every addition; 1.x callers keep
+working, and the server accepts every 1.x message up to its own version):
+
+* 1.0 - Initial version: casts spawn, stop, start, reboot, delete, add_fixed_ip,
+  remove_fixed_ip; calls get_instance, list_instances, get_host_status.
+"""
+import oslo_messaging as messaging
+
+from computeagent.conf import CONF
+
+RPC_API_VERSION = "1.0"
+ALLOWED_EXMODS = ["computeagent.exception"]
+
+
+def get_transport(conf=None, url=None):
+    """An RPC transport whose errors from ``computeagent.exception`` reach the
+    caller as those classes (InstanceNotFound, InvalidInput, ...)."""
+    return messaging.get_rpc_transport(conf or CONF, url=url,
+                                       allowed_remote_exmods=ALLOWED_EXMODS)
+
+
+class ComputeAgentAPI:
+    def __init__(self, transport, topic=None, timeout=None, version_cap=None):
+        self.topic = topic or CONF.rpc_topic
+        target = messaging.Target(topic=self.topic, version="1.0")
+        self.client = messaging.get_rpc_client(
+            transport, target, version_cap=version_cap or RPC_API_VERSION,
+            timeout=timeout)
+
+    def _prepare(self, host, version="1.0", timeout=None):
+        kw = {"server": host, "version": version}
+        if timeout is not None:
+            kw["timeout"] = timeout
+        return self.client.prepare(**kw)
+
+    # -- 1.0 casts ---------------------------------------------------------
+    def spawn(self, ctxt, host, instance):
+        self._prepare(host).cast(ctxt, "spawn", instance=instance)
+
+    def stop(self, ctxt, host, instance_uuid):
+        self._prepare(host).cast(ctxt, "stop", instance_uuid=instance_uuid)
+
+    def start(self, ctxt, host, instance_uuid):
+        self._prepare(host).cast(ctxt, "start", instance_uuid=instance_uuid)
+
+    def reboot(self, ctxt, host, instance_uuid):
+        self._prepare(host).cast(ctxt, "reboot", instance_uuid=instance_uuid)
+
+    def delete(self, ctxt, host, instance_uuid):
+        self._prepare(host).cast(ctxt, "delete", instance_uuid=instance_uuid)
+
+    def add_fixed_ip(self, ctxt, host, instance_uuid, network_id, address):
+        self._prepare(host).cast(ctxt, "add_fixed_ip", instance_uuid=instance_uuid,
+                                 network_id=network_id, address=address)
+
+    def remove_fixed_ip(self, ctxt, host, instance_uuid, network_id, address):
+        self._prepare(host).cast(ctxt, "remove_fixed_ip", instance_uuid=instance_uuid,
+                                 network_id=network_id, address=address)
+
+    # -- 1.0 calls ---------------------------------------------------------
+    def get_instance(self, ctxt, host, instance_uuid, timeout=None):
+        return self._prepare(host, timeout=timeout).call(
+            ctxt, "get_instance", instance_uuid=instance_uuid)
+
+    def list_instances(self, ctxt, host, timeout=None):
+        return self._prepare(host, timeout=timeout).call(ctxt, "list_instances")
+
+    def get_host_status(self, ctxt, host, timeout=None):
+        return self._prepare(host, timeout=timeout).call(ctxt, "get_host_status")

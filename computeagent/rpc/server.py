@@ -1,0 +1,115 @@
+"""Server side of the RPC API: validates every payload at the edge, then hands
+the work to the manager. Casts never raise into oslo.messaging (a bad payload is
+reported as an error notification and, where the uuid is valid, an ERROR
+instance); calls raise documented exceptions that reach the caller."""
+import functools
+import logging
+
+import oslo_messaging as messaging
+
+from computeagent import context
+from computeagent import exception
+from computeagent.rpc import api
+from computeagent.rpc import schema
+
+LOG = logging.getLogger(__name__)
+
+_EXPECTED = (exception.InstanceNotFound, exception.MigrationNotFound,
+             exception.InvalidInput, exception.InstanceInvalidState,
+             exception.MigrationError)
+
+
+def _cast(action):
+    """Wrap a cast handler: context, validation errors -> notification, and no
+    exception ever escapes into the executor."""
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(self, ctxt, **kwargs):
+            ctx = context.from_rpc(ctxt)
+            try:
+                return fn(self, ctx, **kwargs)
+            except exception.ComputeAgentError as e:
+                LOG.warning("%s refused: %s", action, e)
+                self.manager.report_cast_error(ctx, action, kwargs, str(e))
+            except TypeError as e:
+                # wrong or missing arguments in the message itself
+                LOG.warning("%s: malformed message: %s", action, e)
+                self.manager.report_cast_error(ctx, action, kwargs,
+                                               "malformed message: %s" % e)
+            except Exception as e:
+                LOG.exception("%s failed", action)
+                self.manager.report_cast_error(ctx, action, kwargs, str(e))
+        return wrapper
+    return deco
+
+
+def _call(fn):
+    @functools.wraps(fn)
+    @messaging.expected_exceptions(*_EXPECTED)
+    def wrapper(self, ctxt, **kwargs):
+        ctx = context.from_rpc(ctxt)
+        try:
+            return fn(self, ctx, **kwargs)
+        except TypeError as e:
+            raise exception.InvalidInput(reason="malformed message: %s" % e)
+    return wrapper
+
+
+class ComputeAgentEndpoint:
+    target = messaging.Target(version=api.RPC_API_VERSION)
+
+    def __init__(self, manager):
+        self.manager = manager
+
+    # -- casts -------------------------------------------------------------
+    @_cast("create")
+    def spawn(self, ctx, instance):
+        self.manager.spawn(ctx, instance)
+
+    @_cast("power_off")
+    def stop(self, ctx, instance_uuid):
+        self.manager.stop(ctx, schema.uuid_of(instance_uuid))
+
+    @_cast("power_on")
+    def start(self, ctx, instance_uuid):
+        self.manager.start(ctx, schema.uuid_of(instance_uuid))
+
+    @_cast("reboot")
+    def reboot(self, ctx, instance_uuid):
+        self.manager.reboot(ctx, schema.uuid_of(instance_uuid))
+
+    @_cast("delete")
+    def delete(self, ctx, instance_uuid):
+        self.manager.delete(ctx, schema.uuid_of(instance_uuid))
+
+    @_cast("add_fixed_ip")
+    def add_fixed_ip(self, ctx, instance_uuid, network_id, address):
+        self.manager.add_fixed_ip(ctx, schema.uuid_of(instance_uuid), network_id,
+                                  schema.validate_ip(address))
+
+    @_cast("remove_fixed_ip")
+    def remove_fixed_ip(self, ctx, instance_uuid, network_id, address):
+        self.manager.remove_fixed_ip(ctx, schema.uuid_of(instance_uuid), network_id,
+                                     schema.validate_ip(address))
+
+    # -- calls -------------------------------------------------------------
+    @_call
+    def get_instance(self, ctx, instance_uuid):
+        return self.manager.get_instance(ctx, schema.uuid_of(instance_uuid))
+
+    @_call
+    def list_instances(self, ctx):
+        return self.manager.list_instances(ctx)
+
+    @_call
+    def get_host_status(self, ctx):
+        return self.manager.get_host_status(ctx)
+
+
+def get_server(transport, conf, manager):
+    target = messaging.Target(topic=conf.rpc_topic, server=conf.host)
+    endpoints = [ComputeAgentEndpoint(manager)]
+    # No executor argument: oslo.messaging picks its threading executor.
+    return messaging.get_rpc_server(
+        transport, target, endpoints,
+        access_policy=messaging.DefaultRPCAccessPolicy)
