@@ -31,7 +31,7 @@ def _instance_lock(uuid):
 
 
 class ComputeManager:
-    def __init__(self, conf, db, driver, image_cache, notifier):
+    def __init__(self, conf, db, driver, image_cache, notifier, peer_api=None):
         self.conf = conf
         self.host = conf.host
         self.db = db
@@ -41,6 +41,8 @@ class ComputeManager:
         self.pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=conf.long_task_workers, thread_name_prefix="task")
         self._sync_lock = threading.Lock()
+        from computeagent import live_migration
+        self.live = live_migration.LiveMigrationFlows(self, peer_api)
 
     # -- helpers -----------------------------------------------------------
     def _submit(self, ctx, fn, *args):
@@ -53,7 +55,17 @@ class ComputeManager:
         return self.pool.submit(run)
 
     def _get_own(self, uuid):
-        inst = self.db.instance_get(uuid)
+        try:
+            inst = self.db.instance_get(uuid)
+        except exception.InstanceNotFound:
+            moved = [m for m in self.db.migration_get_all(instance_uuid=uuid)
+                     if m["source"] == self.host and m["status"] == states.MIG_COMPLETED]
+            if moved:
+                raise exception.InstanceNotFound(
+                    "Instance %s could not be found on %s: it moved to %s "
+                    "(migration %s)" % (uuid, self.host, moved[-1]["dest"],
+                                        moved[-1]["id"]), uuid=uuid)
+            raise
         if inst["host"] != self.host:
             raise exception.InstanceNotFound(uuid=uuid)
         return inst
@@ -403,6 +415,7 @@ class ComputeManager:
             elif task in (states.POWERING_OFF, states.POWERING_ON, states.REBOOTING,
                           states.UPDATING_NETWORK):
                 self.db.instance_update(uuid, task_state=None)
+        self.live.recover()
         if domains is not None:
             for uuid, facts in domains.items():
                 if uuid in records:

@@ -57,7 +57,9 @@ class AgentService:
                                reconnect_interval=conf.libvirt.reconnect_interval)
         driver = vdriver.LibvirtDriver(conf, self.host)
         cache = image_cache.ImageCache(conf.instances_path)
-        self.manager = manager_mod.ComputeManager(conf, db, driver, cache, notifier)
+        peer_api = rpc_api.ComputeAgentAPI(self.transport, timeout=conf.rpc_call_timeout)
+        self.manager = manager_mod.ComputeManager(conf, db, driver, cache, notifier,
+                                                  peer_api)
         self.host.start()
         self.manager.init_host()
         self.server = rpc_server.get_server(self.transport, conf, self.manager)

@@ -7,6 +7,7 @@ from oslo_config import cfg
 
 from computeagent.conf import default
 from computeagent.conf import database
+from computeagent.conf import debug
 from computeagent.conf import image_cache
 from computeagent.conf import libvirt
 from computeagent.conf import migration
@@ -15,7 +16,7 @@ from computeagent.conf import qemu_img
 
 CONF = cfg.CONF
 
-_MODULES = [default, database, image_cache, libvirt, migration, network, qemu_img]
+_MODULES = [default, database, debug, image_cache, libvirt, migration, network, qemu_img]
 
 for _mod in _MODULES:
     _mod.register_opts(CONF)

@@ -11,12 +11,15 @@ working, and the server accepts every 1.x message up to its own version):
 
 * 1.0 - Initial version: casts spawn, stop, start, reboot, delete, add_fixed_ip,
   remove_fixed_ip; calls get_instance, list_instances, get_host_status.
+* 1.1 - Live block migration: cast live_migrate, abort_migration; calls
+  get_migration, list_migrations; agent-to-agent calls pre_live_migration,
+  post_live_migration_at_destination, rollback_live_migration_at_destination.
 """
 import oslo_messaging as messaging
 
 from computeagent.conf import CONF
 
-RPC_API_VERSION = "1.0"
+RPC_API_VERSION = "1.1"
 ALLOWED_EXMODS = ["computeagent.exception"]
 
 
@@ -75,3 +78,42 @@ class ComputeAgentAPI:
 
     def get_host_status(self, ctxt, host, timeout=None):
         return self._prepare(host, timeout=timeout).call(ctxt, "get_host_status")
+
+    # -- 1.1 live migration ------------------------------------------------
+    def live_migrate(self, ctxt, host, instance_uuid, dest_host, migration_id,
+                     block_migration=True):
+        """Cast to the host that runs the instance. ``migration_id`` is the
+        caller's idempotency key."""
+        self._prepare(host, "1.1").cast(
+            ctxt, "live_migrate", instance_uuid=instance_uuid, dest_host=dest_host,
+            migration_id=migration_id, block_migration=block_migration)
+
+    def abort_migration(self, ctxt, host, migration_id):
+        self._prepare(host, "1.1").cast(ctxt, "abort_migration",
+                                        migration_id=migration_id)
+
+    def get_migration(self, ctxt, host, migration_id, timeout=None):
+        return self._prepare(host, "1.1", timeout).call(
+            ctxt, "get_migration", migration_id=migration_id)
+
+    def list_migrations(self, ctxt, host, timeout=None):
+        return self._prepare(host, "1.1", timeout).call(ctxt, "list_migrations")
+
+    # agent to agent
+    def pre_live_migration(self, ctxt, host, instance, migration, disk_info,
+                           timeout=None):
+        return self._prepare(host, "1.1", timeout).call(
+            ctxt, "pre_live_migration", instance=instance, migration=migration,
+            disk_info=disk_info)
+
+    def post_live_migration_at_destination(self, ctxt, host, instance_uuid,
+                                           migration_id, disk_info, timeout=None):
+        return self._prepare(host, "1.1", timeout).call(
+            ctxt, "post_live_migration_at_destination", instance_uuid=instance_uuid,
+            migration_id=migration_id, disk_info=disk_info)
+
+    def rollback_live_migration_at_destination(self, ctxt, host, instance_uuid,
+                                               migration_id, timeout=None):
+        return self._prepare(host, "1.1", timeout).call(
+            ctxt, "rollback_live_migration_at_destination",
+            instance_uuid=instance_uuid, migration_id=migration_id)

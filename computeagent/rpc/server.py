@@ -16,7 +16,8 @@ LOG = logging.getLogger(__name__)
 
 _EXPECTED = (exception.InstanceNotFound, exception.MigrationNotFound,
              exception.InvalidInput, exception.InstanceInvalidState,
-             exception.MigrationError)
+             exception.MigrationError, exception.BackingChainInvalid,
+             exception.ImageDownloadFailed, exception.ImageUnacceptable)
 
 
 def _cast(action):
@@ -104,6 +105,44 @@ class ComputeAgentEndpoint:
     @_call
     def get_host_status(self, ctx):
         return self.manager.get_host_status(ctx)
+
+
+    # -- 1.1 live migration ----------------------------------------------------
+    @_cast("live_migration")
+    def live_migrate(self, ctx, instance_uuid, dest_host, migration_id,
+                     block_migration=True):
+        self.manager.live.live_migrate(ctx, instance_uuid, dest_host, migration_id,
+                                       block_migration)
+
+    @_cast("live_migration_abort")
+    def abort_migration(self, ctx, migration_id):
+        self.manager.live.abort_migration(ctx, migration_id)
+
+    @_call
+    def get_migration(self, ctx, migration_id):
+        return self.manager.live.get_migration(ctx, migration_id)
+
+    @_call
+    def list_migrations(self, ctx):
+        return self.manager.live.list_migrations(ctx)
+
+    @_call
+    def pre_live_migration(self, ctx, instance, migration, disk_info):
+        if not all(isinstance(x, dict) for x in (instance, migration, disk_info)):
+            raise exception.InvalidInput(reason="instance, migration and disk_info "
+                                                "must be objects")
+        return self.manager.live.pre_live_migration(ctx, instance, migration, disk_info)
+
+    @_call
+    def post_live_migration_at_destination(self, ctx, instance_uuid, migration_id,
+                                           disk_info):
+        return self.manager.live.post_live_migration_at_destination(
+            ctx, instance_uuid, migration_id, disk_info)
+
+    @_call
+    def rollback_live_migration_at_destination(self, ctx, instance_uuid, migration_id):
+        return self.manager.live.rollback_live_migration_at_destination(
+            ctx, instance_uuid, migration_id)
 
 
 def get_server(transport, conf, manager):
