@@ -185,6 +185,18 @@ def create_overlay(path, backing_path, backing_fmt, size_bytes=None):
     _run(args)
 
 
+def create_flat(path, size_bytes, fmt="qcow2"):
+    """Create an empty image without a backing file (``qemu-img create -f fmt``).
+
+    Refuses to overwrite an existing ``path``.
+    """
+    path = _path(path)
+    args = ["create", "-f", _fmt(fmt), path, _size(size_bytes)]
+    if os.path.lexists(path):
+        raise exception.InvalidInput(reason="%s already exists" % path)
+    _run(args)
+
+
 def resize(path, size_bytes, fmt="qcow2"):
     """``qemu-img resize -f fmt path size`` (grow only: no ``--shrink``)."""
     _run(["resize", "-f", _fmt(fmt), _path(path), _size(size_bytes)])

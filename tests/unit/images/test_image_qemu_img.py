@@ -63,6 +63,18 @@ def test_overlay_chain_resize_rebase(env):
     assert info["backing-filename-format"] == "raw"
 
 
+def test_create_flat(env):
+    disk = env.work / "flat"
+    qemu_img.create_flat(str(disk), 2 * 1024 * 1024)
+    info = qemu_img.info(str(disk), "qcow2")
+    assert info["virtual-size"] == 2 * 1024 * 1024
+    assert "backing-filename" not in info
+    with pytest.raises(exception.InvalidInput):
+        qemu_img.create_flat(str(disk), 2 * 1024 * 1024)
+    with pytest.raises(exception.InvalidInput):
+        qemu_img.create_flat(str(env.work / "x"), 0)
+
+
 def test_convert_and_compare(env):
     raw = env.work / "a.raw"
     make_raw(raw, 1024 * 1024)
