@@ -21,7 +21,7 @@ catch) reports FAIL, and the kernel's ``EXT4-fs error`` lines appear on the cons
 Nothing is installed on the machine: the kernel and busybox ``.deb`` files are fetched
 with ``apt-get download`` and unpacked with ``dpkg -x`` under the cache directory.
 
-    python -m computeagent.lab.guest [--cache-dir D] [--boot-check]
+    python -m computeagent.lab.guest [--cache-dir D] [--refresh] [--verify] [--boot-check [N]]
 """
 
 import argparse
