@@ -373,27 +373,29 @@ class LiveMigrationFlows:
             "request_id": ctx.request_id})
         fetched_from = "cache"
         try:
+            had = os.path.exists(expected_base)
             try:
-                had = os.path.exists(expected_base)
-                base = self.cache.ensure(inst["image"])
+                self.cache.ensure(inst["image"])
                 fetched_from = "cache" if had else "image-source"
             except (exception.ImageDownloadFailed, exception.ImageUnacceptable) as e:
                 LOG.info("image source failed (%s); pulling the base from %s", e, source)
-                base = self._pull_base_from(source, inst["image"], disk_info)
+                self._pull_base_from(source, inst["image"], disk_info)
                 fetched_from = "source-host"
-            digest = self.cache.digest(inst["image"]["id"])
-            if disk_info.get("base_digest") and digest != disk_info["base_digest"]:
-                raise exception.MigrationError(
-                    reason="base digest %s here differs from the source's %s"
-                    % (digest, disk_info["base_digest"]))
-            self.driver.make_instance_dir(uuid)
-            if "flat_overlay" in self.conf.debug.fault_injection:
-                # Test-only: reproduce the 2011 bug (overlay without backing file).
-                LOG.error("FAULT INJECTION: pre-creating %s without backing file", path)
-                qemu_img.create_flat(path, vsize)
-            else:
-                qemu_img.create_overlay(path, expected_base, disk_info["backing_format"],
-                                        vsize)
+            with self.cache.using(inst["image"]) as base:
+                digest = base.digest
+                if disk_info.get("base_digest") and digest != disk_info["base_digest"]:
+                    raise exception.MigrationError(
+                        reason="base digest %s here differs from the source's %s"
+                        % (digest, disk_info["base_digest"]))
+                self.driver.make_instance_dir(uuid)
+                if "flat_overlay" in self.conf.debug.fault_injection:
+                    # Test-only: reproduce the 2011 bug (overlay without backing).
+                    LOG.error("FAULT INJECTION: pre-creating %s without backing file",
+                              path)
+                    qemu_img.create_flat(path, vsize)
+                else:
+                    qemu_img.create_overlay(path, expected_base,
+                                            disk_info["backing_format"], vsize)
         except Exception:
             self._cleanup_dest(uuid)
             self.db.migration_update(mid, status=states.MIG_FAILED, finished_at=utcnow())
@@ -407,7 +409,7 @@ class LiveMigrationFlows:
         base_dir = os.path.dirname(self.cache.base_path(image["id"]))
         name = os.path.basename(disk_info["backing_file"])
         os.makedirs(base_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".peer-", dir=base_dir)
+        fd, tmp = tempfile.mkstemp(prefix=".%s.part-peer-" % name, dir=base_dir)
         try:
             with os.fdopen(fd, "wb") as f:
                 storage.download(uri, base_dir, name, f)

@@ -142,18 +142,21 @@ class ComputeManager:
                 return
             created_dir = False
             try:
-                base = self.image_cache.ensure(inst["image"])
-                size = inst["flavor"]["root_gb"] * GiB
-                if base.virtual_size > size:
-                    raise exception.InvalidInput(
-                        reason="image virtual size %d exceeds flavor root disk %d GiB"
-                        % (base.virtual_size, inst["flavor"]["root_gb"]))
                 if self.driver.lookup(uuid) is not None:
                     raise exception.InstanceExists(uuid=uuid)
-                self.driver.make_instance_dir(uuid)
-                created_dir = True
+                size = inst["flavor"]["root_gb"] * GiB
                 disk = self.driver.disk_path(uuid)
-                qemu_img.create_overlay(disk, base.path, base.disk_format, size)
+                # The base's lock is held until the overlay exists, so the cache
+                # cleaner can never remove the base in between (LP#1256838).
+                with self.image_cache.using(inst["image"]) as base:
+                    if base.virtual_size > size:
+                        raise exception.InvalidInput(
+                            reason="image virtual size %d exceeds flavor root disk "
+                                   "%d GiB" % (base.virtual_size,
+                                               inst["flavor"]["root_gb"]))
+                    self.driver.make_instance_dir(uuid)
+                    created_dir = True
+                    qemu_img.create_overlay(disk, base.path, base.disk_format, size)
                 self.driver.define_and_start(inst)
             except Exception as e:
                 LOG.warning("spawn of %s failed: %s", uuid, e)
