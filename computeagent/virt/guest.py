@@ -83,8 +83,12 @@ def undefine(dom):
     try:
         dom.undefineFlags(flags)
     except libvirt.libvirtError as e:
-        if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+        code = e.get_error_code()
+        if code == libvirt.VIR_ERR_NO_DOMAIN:
+            return
+        if code not in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT):
             raise
+        dom.undefine()      # a driver without NVRAM/snapshot support
 
 
 def update_interface(dom, iface_xml):
