@@ -93,7 +93,59 @@ def build_parser():
         c.add_argument("network_id")
         c.add_argument("address")
         c.add_argument("--wait", action="store_true")
+    c = sub.add_parser("live-migrate", help="live block migration to another host")
+    c.add_argument("--host", required=True, help="the host running the instance")
+    c.add_argument("uuid")
+    c.add_argument("dest")
+    c.add_argument("--migration-id", help="idempotency key (default: a new uuid)")
+    c.add_argument("--wait", action="store_true",
+                   help="show progress until the migration ends")
+    c = sub.add_parser("migration-show")
+    c.add_argument("--host", required=True)
+    c.add_argument("migration_id")
+    c = sub.add_parser("migration-list")
+    c.add_argument("--host", required=True)
+    c = sub.add_parser("migration-abort")
+    c.add_argument("--host", required=True)
+    c.add_argument("migration_id")
     return p
+
+
+def progress_bar(mig, width=30):
+    pct = mig.get("progress") or 0
+    filled = int(width * pct / 100)
+    return "[%s%s] %3d%% %-14s %s/%s MiB" % (
+        "#" * filled, "-" * (width - filled), pct, mig["status"],
+        (mig.get("data_processed") or 0) // (1 << 20),
+        (mig.get("data_total") or 0) // (1 << 20))
+
+
+def watch_migration(agent, ctxt, host, mid, out=sys.stdout, timeout=3600,
+                    interval=0.5, show=True):
+    """Poll get_migration until it ends, drawing a progress bar on a tty."""
+    deadline = time.monotonic() + timeout
+    tty = show and out.isatty()
+    mig = None
+    last_line = None
+    while time.monotonic() < deadline:
+        try:
+            mig = agent.get_migration(ctxt, host, mid)
+        except exception.MigrationNotFound:
+            mig = None
+        if mig is not None:
+            line = progress_bar(mig)
+            if tty:
+                out.write("\r" + line)
+                out.flush()
+            elif show and line != last_line:
+                out.write(line + "\n")
+            last_line = line
+            if mig["status"] in ("completed", "failed", "cancelled"):
+                break
+        time.sleep(interval)
+    if tty:
+        out.write("\n")
+    return mig
 
 
 def _client(args):
@@ -174,16 +226,44 @@ def main(argv=None):
                 want = args.cmd == "add-ip"
                 out = wait_for(agent, ctxt, args.host, args.uuid, lambda i: i and (
                     any(args.address in n["fixed_ips"] for n in i["networks"]) == want))
+        elif args.cmd == "live-migrate":
+            mid = args.migration_id or str(uuidlib.uuid4())
+            agent.live_migrate(ctxt, args.host, args.uuid, args.dest, mid)
+            out = {"migration_id": mid, "request_id": ctxt["request_id"]}
+            if args.wait:
+                mig = watch_migration(agent, ctxt, args.host, mid,
+                                      show=not args.json)
+                out = {"migration": mig}
+                if mig and mig["status"] == "completed":
+                    out["instance"] = agent.get_instance(ctxt, args.dest, args.uuid)
+                if not mig or mig["status"] != "completed":
+                    _print(out, args.json)
+                    return 2
+        elif args.cmd == "migration-show":
+            out = agent.get_migration(ctxt, args.host, args.migration_id)
+        elif args.cmd == "migration-list":
+            out = agent.list_migrations(ctxt, args.host)
+            if not args.json:
+                print(_table(out, ["id", "instance_uuid", "source", "dest", "status",
+                                   "progress", "downtime_ms"]))
+                return 0
+        elif args.cmd == "migration-abort":
+            agent.abort_migration(ctxt, args.host, args.migration_id)
+            out = {"migration_id": args.migration_id, "sent": "abort"}
     except exception.ComputeAgentError as e:
         print("error: %s" % str(e).splitlines()[0], file=sys.stderr)
         return 1
-    if args.json:
+    _print(out, args.json)
+    return 0
+
+
+def _print(out, as_json):
+    if as_json:
         print(json.dumps(out, indent=2, sort_keys=True, default=str))
     elif isinstance(out, list):
         print(_table(out, ["uuid", "name", "state", "task_state", "power_state"]))
     elif isinstance(out, dict):
         print(_kv(out))
-    return 0
 
 
 if __name__ == "__main__":
