@@ -188,10 +188,14 @@ class LiveMigrationFlows:
         # 2. destination prepares base + overlay
         view = {k: inst[k] for k in ("uuid", "name", "flavor", "image", "networks",
                                      "metadata")}
+        timeout = self.conf.migration.pre_live_migration_timeout
+        mview = migration_view(self.db.migration_get(mid))
+        # oslo.messaging still delivers a call after the caller gave up: the
+        # destination refuses a pre-migration request older than its deadline.
+        mview["pre_deadline"] = time.time() + timeout
         try:
-            prep = self.peer.pre_live_migration(
-                rpc_ctx, dest, view, migration_view(self.db.migration_get(mid)), dinfo,
-                timeout=self.conf.migration.pre_live_migration_timeout)
+            prep = self.peer.pre_live_migration(rpc_ctx, dest, view, mview, dinfo,
+                                                timeout=timeout)
         except Exception as e:
             self._rollback_dest(rpc_ctx, dest, uuid, mid)
             self._fail(ctx, uuid, mid, "pre-migration on %s failed: %s" % (dest, _short(e)))
@@ -357,6 +361,10 @@ class LiveMigrationFlows:
             raise exception.MigrationError(
                 reason="instance directory %s already exists here"
                 % self.driver.instance_dir(uuid))
+        deadline = migration.get("pre_deadline")
+        if isinstance(deadline, (int, float)) and time.time() > deadline:
+            raise exception.MigrationError(
+                reason="pre-migration request for %s arrived after its deadline" % mid)
         source = migration.get("source")
         self.db.migration_create({
             "id": mid, "instance_uuid": uuid, "kind": "live", "source": source,

@@ -76,7 +76,7 @@ def guest_image(lab, guest_artifacts):
 
 
 def publish_image(lab, src, filename, disk_format, image_id=None):
-    dst = os.path.join(lab.images_dir, filename)
+    dst = os.path.join(lab.image_dir, filename)
     if not os.path.exists(dst):
         shutil.copyfile(src, dst)
     h = hashlib.sha256()
