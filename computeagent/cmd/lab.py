@@ -148,6 +148,9 @@ def main(argv=None):
     except LabError as exc:
         print(f"computeagent-lab: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # e.g. `computeagent-lab status | head -1`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -22,13 +22,14 @@ import subprocess
 import time
 
 from computeagent.lab import procutil
+from computeagent.lab.errors import LabError
 
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 RABBITMQCTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
 EPMD = "/usr/bin/epmd"
 
 
-class BrokerError(RuntimeError):
+class BrokerError(LabError):
     pass
 
 
@@ -48,6 +49,7 @@ def default_settings(broker_dir, listen_ips, port=5673, dist_port=25673, epmd_po
         "log_dir": os.path.join(broker_dir, "log"),
         "mnesia_dir": os.path.join(broker_dir, "mnesia"),
         "epmd_log": os.path.join(broker_dir, "epmd.log"),
+        "epmd_pid_file": os.path.join(broker_dir, "epmd.pid"),
         "server_ref": None,    # the rabbitmq-server shell script (foreground mode)
         "beam_ref": None,      # beam.smp, the node itself
         "epmd_ref": None,      # our own epmd
@@ -147,6 +149,7 @@ def start_epmd(settings):
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, cwd=settings["dir"], close_fds=True)
     settings["epmd_ref"] = procutil.proc_ref(proc.pid)
+    procutil.write_pidfile(settings["epmd_pid_file"], proc.pid)
     deadline = time.monotonic() + 5
     while not port_open("127.0.0.1", settings["epmd_port"]):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -177,21 +180,11 @@ def start(settings):
     return proc
 
 
-def _is_our_beam(pid, settings):
-    """The pid file may be stale (crash, reboot): only trust a beam.smp of this node."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            args = f.read().split(b"\0")
-    except OSError:
-        return False
-    return settings["dir"].encode() in args
-
-
 def _beam_ref(settings):
-    pid = procutil.read_pidfile(settings["pid_file"])
-    if pid and procutil.pid_alive(pid) and _is_our_beam(pid, settings):
-        return procutil.proc_ref(pid)
-    return None
+    # The pid file may be stale (crash, reboot): only trust a beam.smp of this node
+    # (its command line has "-home <broker dir>").
+    return procutil.ref_from_pidfile(settings["pid_file"],
+                                     must_contain=("beam", settings["dir"]))
 
 
 def wait_ready(settings, timeout=60.0, check_login=True):
@@ -262,7 +255,10 @@ def stop(settings, timeout=20.0, stop_epmd=True):
     settings["server_ref"] = None
     settings.pop("_proc", None)
     if stop_epmd:
-        procutil.terminate([settings.get("epmd_ref")], timeout=2.0)
+        epmd = settings.get("epmd_ref") or procutil.ref_from_pidfile(
+            settings.get("epmd_pid_file") or os.path.join(settings["dir"], "epmd.pid"),
+            must_contain=("epmd", str(settings["epmd_port"])))
+        procutil.terminate([epmd], timeout=2.0)
         settings["epmd_ref"] = None
 
 

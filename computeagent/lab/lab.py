@@ -43,6 +43,7 @@ import uuid
 
 from computeagent.lab import broker as _broker
 from computeagent.lab import procutil
+from computeagent.lab.errors import LabError
 
 LOG = logging.getLogger("computeagent.lab")
 
@@ -84,10 +85,6 @@ SUBREAPER_SRC = os.path.join(PKG_DIR, "subreaper.c")
 
 REQUIRED_BINARIES = ["ip", "unshare", "nsenter", "taskset", "libvirtd", "virsh",
                      "qemu-system-x86_64", "mount", "hostname"]
-
-
-class LabError(RuntimeError):
-    pass
 
 
 def default_lab_dir():
@@ -741,6 +738,7 @@ class Lab:
                 "port": IMAGE_PORT,
                 "base_url": f"http://{gateway}:{IMAGE_PORT}/",
                 "log": os.path.join(labdir, "imageserver.log"),
+                "pid_file": os.path.join(labdir, "imageserver.pid"),
                 "stats_file": os.path.join(labdir, "imageserver-stats.json"),
                 "ref": None,
             },
@@ -920,6 +918,7 @@ class Lab:
                 start_new_session=True, close_fds=True, cwd=self.lab_dir, env=env)
         self._keep(proc)
         im["ref"] = procutil.proc_ref(proc.pid)
+        procutil.write_pidfile(im["pid_file"], proc.pid)
 
     def _image_server_ok(self):
         try:
@@ -1144,7 +1143,10 @@ class Lab:
             b = _broker.default_settings(os.path.join(self.lab_dir, "broker"), [])
         _broker.stop(b)
         im = st.get("images") or {}
-        procutil.terminate([im.get("ref")], timeout=3.0)
+        images_ref = im.get("ref") or procutil.ref_from_pidfile(
+            os.path.join(self.lab_dir, "imageserver.pid"),
+            must_contain=("computeagent.lab.imageserver", self.lab_dir))
+        procutil.terminate([images_ref], timeout=3.0)
         # 5. network
         self._teardown_network(hosts)
         self._reap()

@@ -202,3 +202,30 @@ def read_pidfile(path):
         return int(text) if text else None
     except (OSError, ValueError):
         return None
+
+
+def cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def ref_from_pidfile(path, must_contain=()):
+    """Reference to the live process of a pid file, if its command line contains every
+    string of ``must_contain`` (a stale pid file may name an unrelated process)."""
+    pid = read_pidfile(path)
+    if not pid or not pid_alive(pid):
+        return None
+    args = cmdline(pid)
+    if not all(any(m in a for a in args) for m in must_contain):
+        return None
+    return proc_ref(pid)
+
+
+def write_pidfile(path, pid):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{pid}\n")
+    os.replace(tmp, path)
