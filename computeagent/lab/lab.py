@@ -487,8 +487,10 @@ class Lab:
         return [self.state["agent_executable"], "--config-file", h["agent_config"]]
 
     def write_agent_config(self, name, extra_conf=None):
-        """Write host ``name``'s agent config; ``extra_conf`` is {section: {opt: value}}
-        (merged over the lab defaults and over the lab-wide extra_conf of ``up``)."""
+        """Write host ``name``'s agent config; ``extra_conf`` is {section: {opt: value}},
+        merged over the lab defaults and the lab-wide ``extra_conf`` of ``up``.  It is
+        remembered for the host and *replaces* the host's previous extra options
+        (``{}`` clears them, None keeps them)."""
         h = self.host(name)
         cp = configparser.ConfigParser(interpolation=None)
         cp.optionxform = str
@@ -509,7 +511,9 @@ class Lab:
                 "allowed_file_dirs": self.image_dir,
             },
         }
-        for extra in (self.state.get("extra_conf"), h.get("extra_conf"), extra_conf):
+        if extra_conf is not None:
+            h["extra_conf"] = extra_conf  # replaces the host's previous extra options
+        for extra in (self.state.get("extra_conf"), h.get("extra_conf")):
             for section, opts in (extra or {}).items():
                 conf.setdefault(section, {}).update({k: str(v) for k, v in opts.items()})
         for section, opts in conf.items():
@@ -517,8 +521,6 @@ class Lab:
                 cp.add_section(section)
             for k, v in opts.items():
                 cp.set(section, k, v)
-        if extra_conf is not None:
-            h["extra_conf"] = extra_conf
         os.makedirs(os.path.dirname(h["agent_config"]), exist_ok=True)
         tmp = h["agent_config"] + ".tmp"
         with open(tmp, "w") as f:
