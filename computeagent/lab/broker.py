@@ -229,6 +229,31 @@ def _check_login(settings, deadline):
     raise BrokerError(f"cannot log in to the lab broker as {settings['user']}: {last}")
 
 
+def queue_consumers(settings, queues, timeout=2.0):
+    """{queue: number of consumers, or None if the queue does not exist} (passive
+    declares over AMQP: no rabbitmqctl)."""
+    import amqp.exceptions  # noqa: delayed, only the lab needs it
+    import kombu
+
+    url = "amqp://" + transport_url(settings, "127.0.0.1").split("://", 1)[1]
+    result = {}
+    with kombu.Connection(url, connect_timeout=timeout) as conn:
+        conn.connect()
+        for q in queues:
+            ch = conn.channel()
+            try:
+                _name, _messages, consumers = ch.queue_declare(queue=q, passive=True)
+                result[q] = consumers
+            except amqp.exceptions.NotFound:
+                result[q] = None
+            finally:
+                try:
+                    ch.close()
+                except Exception:  # noqa: the broker closed it after NotFound
+                    pass
+    return result
+
+
 def transport_url(settings, address):
     return (f"rabbit://{settings['user']}:{settings['password']}@{address}:"
             f"{settings['port']}/")

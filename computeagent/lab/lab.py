@@ -521,6 +521,9 @@ class Lab:
                 cp.add_section(section)
             for k, v in opts.items():
                 cp.set(section, k, v)
+        # the agent's RPC server consumes from "<topic>.<host>" (oslo.messaging)
+        h["rpc_queue"] = "%s.%s" % (conf["DEFAULT"].get("rpc_topic", "computeagent"),
+                                    conf["DEFAULT"]["host"])
         os.makedirs(os.path.dirname(h["agent_config"]), exist_ok=True)
         tmp = h["agent_config"] + ".tmp"
         with open(tmp, "w") as f:
@@ -571,14 +574,48 @@ class Lab:
                 return
             time.sleep(0.05)
 
-    def start_agent(self, name, extra_conf=None, wait=1.0):
+    def _wait_agents_serving(self, names, timeout):
+        """Wait until each agent's RPC queue ("<rpc_topic>.<host>") has a consumer on
+        the lab broker: before that, a cast to it is silently dropped."""
+        deadline = time.monotonic() + timeout
+        pending = list(names)
+        b = self._broker_settings()
+        while pending:
+            for n in list(pending):
+                if not procutil.ref_alive(self.host(n).get("agent_ref")):
+                    raise LabError(f"agent of {n} exited at start-up; {self.agent_log(n)}:\n"
+                                   + _tail(self.agent_log(n)))
+            queues = {self.host(n)["rpc_queue"]: n for n in pending}
+            try:
+                counts = _broker.queue_consumers(b, list(queues))
+            except Exception as exc:  # noqa: broker restarting: keep polling
+                LOG.debug("queue check failed: %s", exc)
+                counts = {}
+            for q, n in queues.items():
+                if counts.get(q):
+                    pending.remove(n)
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                n = pending[0]
+                raise LabError(f"agent of {n} does not consume from "
+                               f"{self.host(n)['rpc_queue']} after {timeout:.0f} s; "
+                               f"{self.agent_log(n)}:\n" + _tail(self.agent_log(n)))
+            time.sleep(0.1)
+
+    def start_agent(self, name, extra_conf=None, wait=1.0, serving_timeout=60.0):
         """Start host ``name``'s agent (``computeagent --config-file <hostdir>/agent/
-        computeagent.conf`` inside the host, output to ``<hostdir>/agent.log``); checks
-        that it is still alive after ``wait`` seconds; returns its PID.  Whether it
-        serves RPC is for the caller to check."""
+        computeagent.conf`` inside the host, output to ``<hostdir>/agent.log``) and
+        return its PID once its RPC server consumes from its queue ("<rpc_topic>.
+        <host>" on the lab broker; ``serving_timeout`` None skips that wait and only
+        checks that it is still alive after ``wait`` seconds).  An agent that already
+        runs is left alone."""
         with self._locked():
             self._spawn_agent(name, extra_conf)
-        self._check_agents_started([name], wait)
+        if serving_timeout is None:
+            self._check_agents_started([name], wait)
+        else:
+            self._wait_agents_serving([name], serving_timeout)
         return self.agent_pid(name)
 
     def stop_agent(self, name, sig=signal.SIGTERM, timeout=15.0):
@@ -849,10 +886,10 @@ class Lab:
         self._save()
         LOG.info("lab up in %.2f s", timings["total"])
 
-    def _start_agents(self, names, wait=1.0):
+    def _start_agents(self, names, serving_timeout=60.0):
         started = [n for n in names if self._spawn_agent(n) is not None]
         if started:
-            self._check_agents_started(started, wait)
+            self._wait_agents_serving(started, serving_timeout)
 
     # -- network --
     def _setup_network(self):
