@@ -67,6 +67,9 @@ BROKER_NODE = "calab@localhost"
 BROKER_USER = "computeagent"
 LIBVIRT_TCP_PORT = 16509
 MAX_HOSTS = 26
+# Names, addresses and ports of the lab are machine-wide: one lab at a time.  This file
+# (on tmpfs, like the network namespaces) names the lab dir whose lab is up.
+OWNER_FILE = "/run/computeagent-lab.owner"
 
 # Inside every host the agent's files are at this one path (each host sees its own).
 AGENT_ROOT = "/var/lib/computeagent"
@@ -668,6 +671,11 @@ class Lab:
                 return self.state
             if st:
                 LOG.info("tearing down the previous lab (state %s)", st.get("state"))
+            other = self._other_owner()
+            if other:
+                raise LabError(f"the lab of {other} is up on this machine (names, "
+                               f"addresses and ports are machine-wide); bring it down "
+                               f"first: computeagent-lab --lab-dir {other} down")
             self._down_locked(purge=False)
             try:
                 self._up_locked(hosts, agents, extra_conf, timeout)
@@ -820,6 +828,7 @@ class Lab:
         self._build_subreaper()
         mark("subreaper")
 
+        _write(OWNER_FILE, self.lab_dir + "\n")
         self._setup_network()
         self._save()
         mark("network")
@@ -1147,6 +1156,24 @@ class Lab:
         with self._locked():
             self._down_locked(purge=purge)
 
+    def _other_owner(self):
+        """The lab dir of another lab that is up on this machine, or None."""
+        try:
+            with open(OWNER_FILE) as f:
+                owner = f.read().strip()
+        except OSError:
+            return None
+        if not owner or os.path.abspath(owner) == self.lab_dir:
+            return None
+        # stale if that lab's state says it is not up any more
+        try:
+            with open(os.path.join(owner, "lab.json")) as f:
+                if json.load(f).get("state") not in ("up", "starting"):
+                    return None
+        except (OSError, ValueError):
+            return None
+        return owner
+
     def _down_locked(self, purge=False, final_state="down"):
         t0 = time.monotonic()
         st = self.state or {}
@@ -1187,7 +1214,13 @@ class Lab:
             must_contain=("computeagent.lab.imageserver", self.lab_dir))
         procutil.terminate([images_ref], timeout=3.0)
         # 5. network
-        self._teardown_network(hosts)
+        if not self._other_owner():
+            self._teardown_network(hosts)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(OWNER_FILE)
+        else:
+            LOG.warning("network left alone: it belongs to the lab of %s",
+                        self._other_owner())
         self._reap()
         # 6. state
         for h in hosts.values():
