@@ -31,7 +31,11 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
-  .venv/bin/pip install -q -e ".[test]"
+  echo "bootstrap: installing computeagent into .venv (log: .venv/pip.log)"
+  .venv/bin/pip install -q --upgrade pip >.venv/pip.log 2>&1 || true
+  if ! .venv/bin/pip install -e ".[test]" >>.venv/pip.log 2>&1; then
+    tail -30 .venv/pip.log >&2
+    exit 1
+  fi
   touch "$stamp"
 fi

@@ -133,7 +133,17 @@ def build_parser():
 
     p = sub.add_parser("restart-broker", help="restart the lab's RabbitMQ node")
     p.set_defaults(func=cmd_restart_broker)
+
+    p = sub.add_parser("demo", help="the README's main job: lab up, spawn, live "
+                                    "migrate A->B->A, verification summary, lab down")
+    p.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    p.set_defaults(func=cmd_demo)
     return parser
+
+
+def cmd_demo(lab, args):
+    from computeagent.lab import demo
+    return demo.run(lab_dir=args.lab_dir, keep=args.keep)
 
 
 def main(argv=None):

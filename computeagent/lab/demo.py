@@ -80,6 +80,7 @@ def run(lab_dir=None, keep=False):
     lab.up(hosts=2, agents=True, extra_conf=extra)
     _say("   up in %.1f s: hosts %s" % (time.monotonic() - t0, ", ".join(
         "%s=%s" % (h, lab.host_ip(h)) for h in lab.host_names)))
+    transport = None
     try:
         cfg.CONF([], project="computeagent", default_config_files=[])
         transport = api.get_transport(cfg.CONF, url=lab.transport_url(from_root=True))
@@ -164,6 +165,10 @@ def run(lab_dir=None, keep=False):
         _wait(gone, 60, "delete")
         results.append(("deleted", True))
     finally:
+        try:
+            transport.cleanup()
+        except Exception:
+            pass
         if not keep:
             _step("lab down")
             lab.down()
