@@ -48,6 +48,9 @@ def migration_view(m):
             "step": m.get("step"),
             "progress": m["progress"], "data_total": m["data_total"],
             "data_processed": m["data_processed"], "data_remaining": m["data_remaining"],
+            "disk_total": m.get("disk_total", 0),
+            "disk_processed": m.get("disk_processed", 0),
+            "memory_processed": m.get("memory_processed", 0),
             "downtime_ms": m["downtime_ms"], "error": m["error"],
             "started_at": _iso(m["started_at"]), "finished_at": _iso(m["finished_at"]),
             "extra": m.get("extra") or {}}
@@ -240,7 +243,8 @@ class LiveMigrationFlows:
                 last = stats
                 pct, total, processed, remaining = policy.progress(stats)
                 self._upd(mid, progress=pct, data_total=total,
-                          data_processed=processed, data_remaining=remaining)
+                          data_processed=processed, data_remaining=remaining,
+                          **policy.byte_counters(stats))
                 if aborted_reason is None and policy.should_abort(
                         time.monotonic() - t0, total, mc.completion_timeout_per_gib):
                     aborted_reason = "completion timeout (%ds for %d bytes)" % (
@@ -287,6 +291,7 @@ class LiveMigrationFlows:
             values["downtime_ms"] = int(stats["downtime"])
         if total:
             values["data_total"], values["data_processed"] = total, processed
+            values.update({k: v for k, v in policy.byte_counters(stats).items() if v})
         # 5. only now delete what the source had
         self.db.instance_destroy(uuid)
         self.driver.remove_instance_dir(uuid)

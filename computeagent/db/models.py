@@ -1,7 +1,7 @@
 """SQLAlchemy models of the agent's local state. Schema changes go through Alembic."""
 import datetime
 
-from sqlalchemy import JSON, DateTime, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -49,6 +49,9 @@ class Migration(Base):
     data_total: Mapped[int] = mapped_column(Integer, default=0)
     data_processed: Mapped[int] = mapped_column(Integer, default=0)
     data_remaining: Mapped[int] = mapped_column(Integer, default=0)
+    disk_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    disk_processed: Mapped[int] = mapped_column(BigInteger, default=0)
+    memory_processed: Mapped[int] = mapped_column(BigInteger, default=0)
     downtime_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     old_flavor: Mapped[dict | None] = mapped_column(JSON, nullable=True)

@@ -132,9 +132,10 @@ def run(lab_dir=None, keep=False):
             agent.live_migrate(ctxt, src, uuid, dest, mid)
             mig = ctl.watch_migration(agent, ctxt, src, mid, timeout=300)
             ok = mig is not None and mig["status"] == "completed"
-            _say("   status=%s bytes on the wire=%.1f MiB downtime=%s ms base from %s, "
-                 "image downloads during migration=%d" % (
-                     mig and mig["status"], (mig and mig["data_processed"] or 0) / 2**20,
+            _say("   status=%s on the wire: disk %.1f MiB (overlay only), memory %.1f MiB;"
+                 " downtime=%s ms; base from %s; image downloads=%d" % (
+                     mig and mig["status"], (mig and mig["disk_processed"] or 0) / 2**20,
+                     (mig and mig["memory_processed"] or 0) / 2**20,
                      mig and mig["downtime_ms"],
                      (mig or {}).get("extra", {}).get("dest_prepare", {}).get("base_from"),
                      lab.image_get_count(fname)))

@@ -70,3 +70,11 @@ def progress(stats):
         return 0, total, processed, remaining
     pct = int(100 * (total - remaining) / total)
     return max(0, min(100, pct)), total, processed, remaining
+
+
+def byte_counters(stats):
+    """Disk and memory bytes moved so far (``disk_*`` counts only what the block
+    job copied: with NON_SHARED_INC, the overlay)."""
+    return {"disk_total": int(stats.get("disk_total", 0) or 0),
+            "disk_processed": int(stats.get("disk_processed", 0) or 0),
+            "memory_processed": int(stats.get("memory_processed", 0) or 0)}
