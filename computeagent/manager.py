@@ -43,6 +43,8 @@ class ComputeManager:
         self._sync_lock = threading.Lock()
         from computeagent import live_migration
         self.live = live_migration.LiveMigrationFlows(self, peer_api)
+        from computeagent import resize
+        self.resize = resize.ResizeFlows(self, peer_api)
 
     # -- helpers -----------------------------------------------------------
     def _submit(self, ctx, fn, *args):
@@ -419,9 +421,11 @@ class ComputeManager:
                           states.UPDATING_NETWORK):
                 self.db.instance_update(uuid, task_state=None)
         self.live.recover()
+        resizing = self.resize.in_flight_uuids()
+        self.resize.recover()
         if domains is not None:
             for uuid, facts in domains.items():
-                if uuid in records:
+                if uuid in records or uuid in resizing:
                     continue
                 meta = facts["instance"]
                 if meta.get("owner_host") not in (None, "", self.host):

@@ -66,6 +66,8 @@ class AgentService:
         self.server.start()
         Periodic("power-sync", conf.sync_power_state_interval,
                  self.manager.sync_power_states, self._stop).start()
+        Periodic("resize-auto-confirm", 5, self.manager.resize.auto_confirm,
+                 self._stop).start()
         if conf.image_cache_manager_interval > 0:
             Periodic("image-cache", conf.image_cache_manager_interval,
                      self.manager.cleanup_image_cache, self._stop).start()

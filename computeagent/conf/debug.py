@@ -8,6 +8,13 @@ opts = [
                      "purpose so tests can prove they are caught: 'flat_overlay' "
                      "pre-creates the live-migration destination disk without its "
                      "backing file (the 2011 corruption)."),
+    cfg.ListOpt("crash_at", default=[],
+                help="TESTS ONLY, never in production. Points of the resize flow "
+                     "where the agent kills itself with SIGKILL, to prove crash "
+                     "recovery: source:after-power-off, source:during-copy, "
+                     "source:after-copy, dest:before-start, dest:after-start, "
+                     "dest:during-confirm, source:during-confirm, "
+                     "dest:during-revert, source:during-revert."),
 ]
 
 

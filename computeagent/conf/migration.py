@@ -18,6 +18,10 @@ opts = [
     cfg.BoolOpt("tls", default=False,
                 help="Require TLS for migration streams; fails closed when libvirt "
                      "cannot provide it."),
+    cfg.IntOpt("resize_finish_timeout", default=120, min=5,
+               help="Timeout, seconds, of the call asking the destination to finish "
+                    "a resize (rebase, grow, define, start, verify). On timeout the "
+                    "source rolls the resize back."),
     cfg.IntOpt("resize_confirm_window", default=0, min=0,
                help="Seconds after which a resize in RESIZE_VERIFY is confirmed "
                     "automatically (0 = never)."),

@@ -14,12 +14,15 @@ working, and the server accepts every 1.x message up to its own version):
 * 1.1 - Live block migration: cast live_migrate, abort_migration; calls
   get_migration, list_migrations; agent-to-agent calls pre_live_migration,
   post_live_migration_at_destination, rollback_live_migration_at_destination.
+* 1.2 - Resize and cold migration: casts resize, confirm_resize, revert_resize;
+  agent-to-agent calls prep_resize, finish_resize, resize_rollback_at_dest,
+  confirm_resize_at_source, finish_revert_resize.
 """
 import oslo_messaging as messaging
 
 from computeagent.conf import CONF
 
-RPC_API_VERSION = "1.1"
+RPC_API_VERSION = "1.2"
 ALLOWED_EXMODS = ["computeagent.exception"]
 
 
@@ -117,3 +120,52 @@ class ComputeAgentAPI:
         return self._prepare(host, "1.1", timeout).call(
             ctxt, "rollback_live_migration_at_destination",
             instance_uuid=instance_uuid, migration_id=migration_id)
+
+    # -- 1.2 resize / cold migration ----------------------------------------
+    def resize(self, ctxt, host, instance_uuid, dest_host, flavor, migration_id):
+        """Cast to the host that runs the instance; ``dest_host`` may be that same
+        host (same-host resize) or another (cold migration)."""
+        self._prepare(host, "1.2").cast(
+            ctxt, "resize", instance_uuid=instance_uuid, dest_host=dest_host,
+            flavor=flavor, migration_id=migration_id)
+
+    def confirm_resize(self, ctxt, host, instance_uuid, migration_id):
+        """Cast to the host where the instance runs after the resize."""
+        self._prepare(host, "1.2").cast(ctxt, "confirm_resize",
+                                        instance_uuid=instance_uuid,
+                                        migration_id=migration_id)
+
+    def revert_resize(self, ctxt, host, instance_uuid, migration_id):
+        """Cast to the host where the instance runs after the resize."""
+        self._prepare(host, "1.2").cast(ctxt, "revert_resize",
+                                        instance_uuid=instance_uuid,
+                                        migration_id=migration_id)
+
+    # agent to agent
+    def prep_resize(self, ctxt, host, instance, migration, disk_info, timeout=None):
+        return self._prepare(host, "1.2", timeout).call(
+            ctxt, "prep_resize", instance=instance, migration=migration,
+            disk_info=disk_info)
+
+    def finish_resize(self, ctxt, host, instance, migration, disk_info, timeout=None):
+        return self._prepare(host, "1.2", timeout).call(
+            ctxt, "finish_resize", instance=instance, migration=migration,
+            disk_info=disk_info)
+
+    def resize_rollback_at_dest(self, ctxt, host, instance_uuid, migration_id,
+                                timeout=None):
+        return self._prepare(host, "1.2", timeout).call(
+            ctxt, "resize_rollback_at_dest", instance_uuid=instance_uuid,
+            migration_id=migration_id)
+
+    def confirm_resize_at_source(self, ctxt, host, instance_uuid, migration_id,
+                                 timeout=None):
+        return self._prepare(host, "1.2", timeout).call(
+            ctxt, "confirm_resize_at_source", instance_uuid=instance_uuid,
+            migration_id=migration_id)
+
+    def finish_revert_resize(self, ctxt, host, instance_uuid, migration_id,
+                             timeout=None):
+        return self._prepare(host, "1.2", timeout).call(
+            ctxt, "finish_revert_resize", instance_uuid=instance_uuid,
+            migration_id=migration_id)

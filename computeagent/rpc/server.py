@@ -145,6 +145,50 @@ class ComputeAgentEndpoint:
             ctx, instance_uuid, migration_id)
 
 
+    # -- 1.2 resize --------------------------------------------------------------
+    @_cast("resize")
+    def resize(self, ctx, instance_uuid, dest_host, flavor, migration_id):
+        self.manager.resize.resize(ctx, instance_uuid, dest_host, flavor, migration_id)
+
+    @_cast("resize_confirm")
+    def confirm_resize(self, ctx, instance_uuid, migration_id):
+        self.manager.resize.confirm_resize(ctx, instance_uuid, migration_id)
+
+    @_cast("resize_revert")
+    def revert_resize(self, ctx, instance_uuid, migration_id):
+        self.manager.resize.revert_resize(ctx, instance_uuid, migration_id)
+
+    @_call
+    def prep_resize(self, ctx, instance, migration, disk_info):
+        _objects(instance, migration, disk_info)
+        return self.manager.resize.prep_resize(ctx, instance, migration, disk_info)
+
+    @_call
+    def finish_resize(self, ctx, instance, migration, disk_info):
+        _objects(instance, migration, disk_info)
+        return self.manager.resize.finish_resize(ctx, instance, migration, disk_info)
+
+    @_call
+    def resize_rollback_at_dest(self, ctx, instance_uuid, migration_id):
+        return self.manager.resize.resize_rollback_at_dest(ctx, instance_uuid,
+                                                           migration_id)
+
+    @_call
+    def confirm_resize_at_source(self, ctx, instance_uuid, migration_id):
+        return self.manager.resize.confirm_resize_at_source(ctx, instance_uuid,
+                                                            migration_id)
+
+    @_call
+    def finish_revert_resize(self, ctx, instance_uuid, migration_id):
+        return self.manager.resize.finish_revert_resize(ctx, instance_uuid,
+                                                        migration_id)
+
+
+def _objects(*values):
+    if not all(isinstance(x, dict) for x in values):
+        raise exception.InvalidInput(reason="arguments must be objects")
+
+
 def get_server(transport, conf, manager):
     target = messaging.Target(topic=conf.rpc_topic, server=conf.host)
     endpoints = [ComputeAgentEndpoint(manager)]

@@ -72,7 +72,7 @@ def download(peer_uri, remote_dir, name, fileobj, chunk_cb=None):
         conn.close()
 
 
-def upload(peer_uri, remote_dir, name, src_path, capacity=None):
+def upload(peer_uri, remote_dir, name, src_path, capacity=None, progress_cb=None):
     """Create ``remote_dir/name`` on the peer (a raw volume of the file's size)
     and stream ``src_path`` into it. Returns the bytes sent."""
     size = os.path.getsize(src_path)
@@ -89,8 +89,14 @@ def upload(peer_uri, remote_dir, name, src_path, capacity=None):
         stream = conn.newStream(0)
         vol.upload(stream, 0, size, 0)
         with open(src_path, "rb") as f:
+            sent = [0]
+
             def source(_stream, nbytes, _opaque):
-                return f.read(nbytes)
+                data = f.read(nbytes)
+                sent[0] += len(data)
+                if progress_cb is not None:
+                    progress_cb(sent[0])
+                return data
             try:
                 stream.sendAll(source, None)
                 stream.finish()
@@ -102,4 +108,8 @@ def upload(peer_uri, remote_dir, name, src_path, capacity=None):
                 raise
         return size
     finally:
+        try:
+            pool.destroy()      # transient pool: gone once the copy is done
+        except (libvirt.libvirtError, UnboundLocalError):
+            pass
         conn.close()
