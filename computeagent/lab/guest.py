@@ -69,6 +69,16 @@ BUILD_FORMAT = 2
 CHECK_RE = re.compile(r"GUESTCHECK (\d+) (?:(OK)|FAIL (-?\d+))")
 BOOT_RE = re.compile(r"GUESTBOOT (\d+(?:\.\d+)?)")
 ERROR_RE = re.compile(r"GUESTERROR (.*)")
+INFO_RE = re.compile(r"GUESTINFO cpus=(\d+) mem_kb=(\d+) disk_bytes=(\d+)")
+
+
+def parse_info(text):
+    """The last ``GUESTINFO`` line: {"cpus", "mem_kb", "disk_bytes"} or None."""
+    found = INFO_RE.findall(text or "")
+    if not found:
+        return None
+    cpus, mem, disk = found[-1]
+    return {"cpus": int(cpus), "mem_kb": int(mem), "disk_bytes": int(disk)}
 
 
 class GuestBuildError(Exception):

@@ -151,3 +151,61 @@ def test_records_rebuilt_from_domain_metadata(agent_env):
     got = state_of(client, inst["uuid"])
     assert got["name"] == "rebuild-me" and got["state"] == "ACTIVE"
     assert got["networks"][0]["fixed_ips"] == ["10.0.0.2", "10.0.0.3"]
+
+
+def _mig(client, mid):
+    try:
+        return client.get_migration({}, "fakehost", mid)
+    except exception.MigrationNotFound:
+        return None
+
+
+def _resized(svc, client, image, tmp, flavor):
+    inst = inst_payload(image)
+    client.spawn({}, "fakehost", inst)
+    wait(lambda: (state_of(client, inst["uuid"]) or {}).get("state") == "ACTIVE")
+    mid = "rz-" + uuidlib.uuid4().hex[:8]
+    client.resize({}, "fakehost", inst["uuid"], "fakehost", flavor, mid)
+    wait(lambda: (state_of(client, inst["uuid"]) or {}).get("state") == "RESIZE_VERIFY")
+    return inst, mid
+
+
+def test_same_host_resize_confirm(agent_env):
+    svc, client, image, tmp = agent_env
+    flavor = {"name": "big", "vcpus": 2, "memory_mb": 128, "root_gb": 2}
+    inst, mid = _resized(svc, client, image, tmp, flavor)
+    got = state_of(client, inst["uuid"])
+    assert got["flavor"] == flavor
+    assert got["disk"]["virtual_size"] == 2 * 1024 ** 3
+    assert (tmp / "inst" / (inst["uuid"] + "_resize")).is_dir()
+    client.confirm_resize({}, "fakehost", inst["uuid"], mid)
+    wait(lambda: _mig(client, mid)["status"] == "confirmed")
+    assert state_of(client, inst["uuid"])["state"] == "ACTIVE"
+    assert not (tmp / "inst" / (inst["uuid"] + "_resize")).exists()
+
+
+def test_same_host_resize_revert(agent_env):
+    svc, client, image, tmp = agent_env
+    flavor = {"name": "big", "vcpus": 2, "memory_mb": 128, "root_gb": 3}
+    inst, mid = _resized(svc, client, image, tmp, flavor)
+    client.revert_resize({}, "fakehost", inst["uuid"], mid)
+    wait(lambda: _mig(client, mid)["status"] == "reverted")
+    got = state_of(client, inst["uuid"])
+    assert got["state"] == "ACTIVE" and got["flavor"] == inst["flavor"]
+    assert got["disk"]["virtual_size"] == 1024 ** 3
+    assert not (tmp / "inst" / (inst["uuid"] + "_resize")).exists()
+
+
+def test_shrink_refused_before_anything(agent_env):
+    svc, client, image, tmp = agent_env
+    inst = inst_payload(image)
+    inst["flavor"]["root_gb"] = 2
+    client.spawn({}, "fakehost", inst)
+    wait(lambda: (state_of(client, inst["uuid"]) or {}).get("state") == "ACTIVE")
+    client.resize({}, "fakehost", inst["uuid"], "fakehost",
+                  {"name": "s", "vcpus": 1, "memory_mb": 64, "root_gb": 1}, "shrink-1")
+    mig = wait(lambda: _mig(client, "shrink-1"))
+    assert mig["status"] == "failed" and "shrinking" in mig["error"]
+    got = state_of(client, inst["uuid"])
+    assert got["state"] == "ACTIVE" and got["task_state"] is None
+    assert got["disk"]["virtual_size"] == 2 * 1024 ** 3

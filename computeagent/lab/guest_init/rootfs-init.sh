@@ -1,6 +1,7 @@
 #!/bin/busybox sh
 # computeagent lab guest, stage 2 (/sbin/init on the root disk, PID 1).
-# Prints "GUESTBOOT <uptime>" once, then once per round (about every second):
+# Prints "GUESTBOOT <uptime>" and "GUESTINFO cpus=<n> mem_kb=<k> disk_bytes=<b>"
+# once, then once per round (about every second):
 #   drop the page cache, verify every file of the base layer against
 #   /etc/manifest.sha256, execute a binary from the disk, append to a counter file
 #   on the disk and sync; then exactly one line "GUESTCHECK <n> OK" or
@@ -14,6 +15,10 @@ mkdir -p /var/lib/guest 2>/dev/null
 
 read up _ </proc/uptime
 echo "GUESTBOOT $up"
+# What the guest sees of its virtual hardware (resize tests compare it).
+mem=0
+while read k v _; do [ "$k" = "MemTotal:" ] && mem=$v; done </proc/meminfo
+echo "GUESTINFO cpus=$(grep -c ^processor /proc/cpuinfo) mem_kb=$mem disk_bytes=$(($(cat /sys/block/vda/size) * 512))"
 
 # Uptime in centiseconds (/proc/uptime has two decimals; no leading zeros = no octal).
 centis() {
