@@ -20,6 +20,7 @@ REQUIRED_BINARIES = ["libvirtd", "virsh", "qemu-system-x86_64", "qemu-img",
 AGENT_EXTRA_CONF = {
     "DEFAULT": {"sync_power_state_interval": "2", "image_cache_manager_interval": "0"},
     "libvirt": {"shutdown_timeout": "1"},
+    "migration": {"resize_finish_timeout": "20"},
     "network": {"allowed_bridges": "br-lab"},
 }
 
