@@ -89,7 +89,7 @@ def run(lab_dir=None, keep=False):
         _wait(lambda: all(agent.get_host_status(ctxt, h, timeout=5)["libvirt_connected"]
                           for h in (A, B)), 60, "agents serving")
 
-        fname = "demo-guest.raw"
+        fname = "guest-%s.raw" % art.base_sha256[:16]   # named by content
         dst = os.path.join(lab.image_dir, fname)
         if not os.path.exists(dst):
             shutil.copyfile(art.base_raw, dst)

@@ -66,20 +66,36 @@ def lab(guest_artifacts):
     try:
         yield lab
     finally:
+        for path in _published:
+            if os.path.exists(path):
+                os.unlink(path)
+        # age out the bases the tests left behind, with the agent's own cleaner
+        manage = os.path.join(os.path.dirname(lab.state["agent_executable"]),
+                              "computeagent-manage")
+        for host in lab.host_names:
+            lab.host_exec(host, [manage, "--config-file", lab.host(host)["agent_config"],
+                                 "image-cache", "clean", "--min-age", "0"], check=False)
         if os.environ.get("COMPUTEAGENT_KEEP_LAB") != "1":
             lab.down()
+
+
+_published = []
 
 
 @pytest.fixture(scope="session")
 def guest_image(lab, guest_artifacts):
     """The guest's base.raw published on the lab image server."""
-    return publish_image(lab, guest_artifacts.base_raw, "guest-base.raw", "raw")
+    # named by content: a rebuilt guest never meets a stale copy of an older base
+    return publish_image(lab, guest_artifacts.base_raw,
+                         "guest-%s.raw" % guest_artifacts.base_sha256[:16], "raw")
 
 
 def publish_image(lab, src, filename, disk_format, image_id=None):
     dst = os.path.join(lab.image_dir, filename)
     if not os.path.exists(dst):
         shutil.copyfile(src, dst)
+        if not filename.startswith("guest-"):
+            _published.append(dst)
     h = hashlib.sha256()
     with open(dst, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

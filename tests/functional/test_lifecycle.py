@@ -5,6 +5,7 @@ import concurrent.futures
 import os
 import signal
 import time
+import uuid as uuidlib
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -183,7 +184,7 @@ def test_libvirtd_restart_agent_serves_guests_untouched(lab, agent, ctxt, spawne
 
 def test_eight_concurrent_spawns_one_download(lab, agent, ctxt, spawned, guest_artifacts):
     # a fresh image id/file, so the base is not cached yet
-    img = publish_image(lab, guest_artifacts.base_raw, "concurrent-%d.raw" % os.getpid(),
+    img = publish_image(lab, guest_artifacts.base_raw, "concurrent-%s.raw" % uuidlib.uuid4().hex[:8],
                         "raw")
     lab.reset_image_stats()
     insts = []
