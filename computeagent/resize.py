@@ -188,6 +188,9 @@ class ResizeFlows:
         extra["disk_info"] = dinfo
         self._upd(mid, extra=extra)
         try:
+            if not same:
+                # a quick liveness check before the long preparation call
+                self.peer.get_host_status(context.to_rpc(), dest, timeout=10)
             self._call(dest, "prep_resize", view, self._mig_view(mid), dinfo,
                        timeout=self.conf.migration.pre_live_migration_timeout)
         except Exception as e:

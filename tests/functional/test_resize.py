@@ -122,7 +122,8 @@ def test_resize_up_across_hosts_guest_sees_new_hardware(lab, agent, ctxt, guest_
         assert check.ok, check
         info = guest.parse_info(console(lab, B, uuid)())
         assert info["cpus"] == 2 and info["disk_bytes"] == 2 * 1024 ** 3, info
-        assert info["mem_kb"] > 100 * 1024, info
+        # MemTotal of a 96 MiB guest is ~60 MiB; of a 128 MiB one ~92 MiB
+        assert info["mem_kb"] > 80 * 1024, info
         agent.confirm_resize(ctxt, B, uuid, mid)
         wait_mig(agent, ctxt, B, mid, ("confirmed",))
         assert_clean(lab, uuid, B)
