@@ -191,8 +191,14 @@ class ResizeFlows:
             if not same:
                 # a quick liveness check before the long preparation call
                 self.peer.get_host_status(context.to_rpc(), dest, timeout=10)
-            self._call(dest, "prep_resize", view, self._mig_view(mid), dinfo,
-                       timeout=self.conf.migration.pre_live_migration_timeout)
+            timeout = self.conf.migration.pre_live_migration_timeout
+            mview = self._mig_view(mid)
+            # a call is still delivered after the caller gave up: the destination
+            # refuses a preparation that arrives after its deadline
+            mview["pre_deadline"] = time.time() + timeout
+            extra["prep_sent"] = True
+            self._upd(mid, extra=extra)
+            self._call(dest, "prep_resize", view, mview, dinfo, timeout=timeout)
         except Exception as e:
             self._rollback_source(ctx, mid, "preparation on %s failed: %s"
                                   % (dest, _short(e)))
@@ -283,7 +289,7 @@ class ResizeFlows:
         mig = self._step(mid, "rolling-back")
         uuid = mig["instance_uuid"]
         extra = mig["extra"] or {}
-        if not self._same_host(mig):
+        if not self._same_host(mig) and extra.get("prep_sent"):
             try:
                 res = self._call(mig["dest"], "resize_rollback_at_dest", uuid, mid,
                                  retry_for=600)
@@ -343,6 +349,10 @@ class ResizeFlows:
         mid = schema.migration_id(migration.get("id"))
         flavor = schema.validate_flavor(migration.get("new_flavor"))
         same = migration.get("source") == self.host
+        deadline = migration.get("pre_deadline")
+        if isinstance(deadline, (int, float)) and time.time() > deadline:
+            raise exception.MigrationError(
+                reason="resize preparation for %s arrived after its deadline" % mid)
         status = self.m.get_host_status(ctx)
         if not status.get("libvirt_connected"):
             raise exception.MigrationError(reason="no libvirt connection on %s"
