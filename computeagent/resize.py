@@ -303,7 +303,7 @@ class ResizeFlows:
                 LOG.info("resize %s: destination already finished", mid)
                 self._source_finished(ctx, mid)
                 return
-        else:
+        elif self._same_host(mig):
             self._undo_same_host_dest(uuid)
         self._restore_source(uuid, mid, extra)
         self._upd(mid, status="failed", step="rolled-back", error=reason[:4000],
