@@ -100,6 +100,22 @@ def build_parser():
     c.add_argument("--migration-id", help="idempotency key (default: a new uuid)")
     c.add_argument("--wait", action="store_true",
                    help="show progress until the migration ends")
+    c = sub.add_parser("resize", help="resize / cold-migrate (dest may be the same host)")
+    c.add_argument("--host", required=True, help="the host running the instance")
+    c.add_argument("uuid")
+    c.add_argument("dest")
+    c.add_argument("--vcpus", type=int, required=True)
+    c.add_argument("--memory-mb", type=int, required=True)
+    c.add_argument("--root-gb", type=int, required=True)
+    c.add_argument("--flavor-name", default="custom")
+    c.add_argument("--migration-id")
+    c.add_argument("--wait", action="store_true", help="wait for RESIZE_VERIFY")
+    for name in ("confirm", "revert"):
+        c = sub.add_parser(name, help="%s a resize (on the host that runs it now)" % name)
+        c.add_argument("--host", required=True)
+        c.add_argument("uuid")
+        c.add_argument("migration_id")
+        c.add_argument("--wait", action="store_true")
     c = sub.add_parser("migration-show")
     c.add_argument("--host", required=True)
     c.add_argument("migration_id")
@@ -146,6 +162,19 @@ def watch_migration(agent, ctxt, host, mid, out=sys.stdout, timeout=3600,
     if tty:
         out.write("\n")
     return mig
+
+
+def _wait_status(agent, ctxt, host, mid, statuses, timeout=600):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            mig = agent.get_migration(ctxt, host, mid)
+            if mig["status"] in statuses:
+                return mig
+        except exception.MigrationNotFound:
+            pass
+        time.sleep(0.5)
+    raise SystemExit("timed out waiting for migration %s" % mid)
 
 
 def _client(args):
@@ -239,6 +268,26 @@ def main(argv=None):
                 if not mig or mig["status"] != "completed":
                     _print(out, args.json)
                     return 2
+        elif args.cmd == "resize":
+            mid = args.migration_id or str(uuidlib.uuid4())
+            flavor = {"name": args.flavor_name, "vcpus": args.vcpus,
+                      "memory_mb": args.memory_mb, "root_gb": args.root_gb}
+            agent.resize(ctxt, args.host, args.uuid, args.dest, flavor, mid)
+            out = {"migration_id": mid, "request_id": ctxt["request_id"]}
+            if args.wait:
+                mig = _wait_status(agent, ctxt, args.host, mid,
+                                   ("verify-resize", "failed"))
+                out = {"migration": mig}
+                if mig["status"] == "verify-resize":
+                    out["instance"] = agent.get_instance(ctxt, args.dest, args.uuid)
+        elif args.cmd in ("confirm", "revert"):
+            fn = agent.confirm_resize if args.cmd == "confirm" else agent.revert_resize
+            fn(ctxt, args.host, args.uuid, args.migration_id)
+            out = {"migration_id": args.migration_id, "sent": args.cmd}
+            if args.wait:
+                out = {"migration": _wait_status(
+                    agent, ctxt, args.host, args.migration_id,
+                    ("confirmed", "reverted", "failed"))}
         elif args.cmd == "migration-show":
             out = agent.get_migration(ctxt, args.host, args.migration_id)
         elif args.cmd == "migration-list":

@@ -1,5 +1,5 @@
-"""The README's main job: a two-host lab, then spawn -> live migrate A->B -> back,
-with progress and a verification summary. Everything goes through the RPC API
+"""The README's main job: a two-host lab, then spawn -> live migrate A->B -> back
+-> resize to B + confirm, with progress and a verification summary. Everything goes through the RPC API
 (this process plays the scheduler)."""
 import hashlib
 import json
@@ -154,12 +154,46 @@ def run(lab_dir=None, keep=False):
                     dest, chk.n, "OK" if chk.ok else "FAIL"))
                 results.append(("guest checks its files on %s" % dest, chk.ok))
 
+        _step("resize to %s (cold migration, overlay only) with a bigger flavor, "
+              "then confirm" % B)
+        big = {"name": "lab.big", "vcpus": 2, "memory_mb": 128, "root_gb": 2}
+        mid = "demo-rz-" + uuidlib.uuid4().hex[:8]
+        agent.resize(ctxt, A, uuid, B, big, mid)
+        mig = _wait(lambda: (lambda m: m if m["status"] in (
+            "verify-resize", "failed") else None)(agent.get_migration(ctxt, A, mid)),
+            180, "resize")
+        ok = mig["status"] == "verify-resize"
+        _say("   status=%s overlay copied=%.1f MiB%s" % (
+            mig["status"], mig["data_total"] / 2**20,
+            "" if ok else " error=%s" % mig["error"]))
+        results.append(("resize to hostb reached RESIZE_VERIFY", ok))
+        if ok:
+            agent.confirm_resize(ctxt, B, uuid, mid)
+            _wait(lambda: agent.get_migration(ctxt, B, mid)["status"] == "confirmed",
+                  120, "confirm")
+            got = ctl.wait_for(agent, ctxt, B, uuid, ctl._settled, timeout=60)
+            _say("   confirmed: state=%s flavor=%s" % (got["state"], got["flavor"]))
+            results.append(("resize confirmed, new flavor on hostb",
+                            got["state"] == "ACTIVE" and got["flavor"] == big))
+            chain = _chain(lab, B, uuid)
+            _show_chain(chain)
+            results.append(("chain verified after resize (2 GiB overlay on _base)",
+                            len(chain) == 2 and chain[0]["virtual-size"] == 2 * 2**30))
+            chk = _guest_check(lab, B, uuid)
+            info = lab_guest.parse_info(lab.host_exec(
+                B, ["cat", "%s/%s/console.log" % (INSTANCES, uuid)]).stdout)
+            _say("   guest on hostb: GUESTCHECK %d %s, sees %s" % (
+                chk.n, "OK" if chk.ok else "FAIL", info))
+            results.append(("guest checks its files after resize, sees 2 vCPUs",
+                            chk.ok and bool(info) and info["cpus"] == 2))
+        owner = B if ok else A
+
         _step("delete")
-        agent.delete(ctxt, A, uuid)
+        agent.delete(ctxt, owner, uuid)
         from computeagent import exception
         def gone():
             try:
-                agent.get_instance(ctxt, A, uuid)
+                agent.get_instance(ctxt, owner, uuid)
                 return False
             except exception.InstanceNotFound:
                 return True
