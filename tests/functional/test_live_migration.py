@@ -275,3 +275,23 @@ def test_duplicate_live_migrate_cast_is_one_migration(lab, agent, ctxt, guest_im
         assert virsh(lab, B, "list", "--name").split().count("instance-" + uuid) == 1
     finally:
         cleanup(agent, ctxt, uuid)
+
+
+def test_tls_required_but_unavailable_fails_closed(lab, agent, ctxt, guest_image):
+    """[migration] tls = true and no TLS in the lab's libvirtd: the migration must
+    fail, never fall back to plain TCP; the guest stays on the source."""
+    inst = spawn_on(agent, ctxt, A, guest_image)
+    uuid = inst["uuid"]
+    lab.stop_agent(A)
+    lab.start_agent(A, extra_conf={"migration": {"tls": "true"}})
+    try:
+        mig = migrate(agent, ctxt, A, uuid, B)
+        assert mig["status"] == "failed", mig
+        got = wait_state(agent, ctxt, A, uuid, "ACTIVE")
+        assert got["power_state"] == "RUNNING"
+        assert _gone(agent, ctxt, B, uuid)
+        assert uuid not in host_run(lab, B, ["ls", INSTANCES]).split()
+    finally:
+        lab.stop_agent(A)
+        lab.start_agent(A, extra_conf={})
+        cleanup(agent, ctxt, uuid)
