@@ -1,11 +1,9 @@
 """The README's main job: a two-host lab, then spawn -> live migrate A->B -> back
 -> resize to B + confirm, with progress and a verification summary. Everything goes through the RPC API
 (this process plays the scheduler)."""
-import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 import uuid as uuidlib
 

@@ -177,6 +177,16 @@ def wait_state(agent, ctxt, host, uuid, state, timeout=90):
         uuid, state, host, last, _safe_get(agent, ctxt, host, uuid)))
 
 
+def gone(agent, ctxt, host, uuid):
+    """True when ``host`` no longer knows the instance."""
+    from computeagent import exception
+    try:
+        agent.get_instance(ctxt, host, uuid)
+        return False
+    except exception.InstanceNotFound:
+        return True
+
+
 def _safe_get(agent, ctxt, host, uuid):
     try:
         return agent.get_instance(ctxt, host, uuid)

@@ -1,12 +1,10 @@
 """Hostile payloads over the real bus: a clear error, the agent keeps serving, and
 nothing is written outside the instance directories and _base."""
-import copy
-import uuid as uuidlib
 
 import pytest
 
 from computeagent import exception
-from tests.functional.conftest import host_run, make_instance, wait_for, wait_state
+from tests.functional.conftest import gone, host_run, make_instance, wait_for, wait_state
 
 pytestmark = pytest.mark.realstack
 
@@ -54,18 +52,10 @@ def test_bad_spawn_payload(lab, agent, ctxt, guest_image, label, mutate, fragmen
             assert fragment.lower() in got["fault"].lower(), got["fault"]
         assert host_run(lab, A, ["ls", INSTANCES]).split().count(good_uuid) == 0
         agent.delete(ctxt, A, good_uuid)
-        wait_for(lambda: _gone(agent, ctxt, A, good_uuid), what="delete of ERROR")
+        wait_for(lambda: gone(agent, ctxt, A, good_uuid), what="delete of ERROR")
     # the agent still serves, and wrote nothing outside its directories
     assert agent.get_host_status(ctxt, A)["libvirt_connected"]
     assert _snapshot(lab) - before == set()
-
-
-def _gone(agent, ctxt, host, uuid):
-    try:
-        agent.get_instance(ctxt, host, uuid)
-        return False
-    except exception.InstanceNotFound:
-        return True
 
 
 def test_xml_metacharacters_in_name_and_metadata(lab, agent, ctxt, guest_image):
@@ -76,7 +66,7 @@ def test_xml_metacharacters_in_name_and_metadata(lab, agent, ctxt, guest_image):
     assert got["name"] == inst["name"]
     assert got["metadata"] == inst["metadata"]
     agent.delete(ctxt, A, inst["uuid"])
-    wait_for(lambda: _gone(agent, ctxt, A, inst["uuid"]), what="delete")
+    wait_for(lambda: gone(agent, ctxt, A, inst["uuid"]), what="delete")
 
 
 def test_bad_fixed_ip_changes_nothing(lab, agent, ctxt, guest_image):
@@ -93,7 +83,7 @@ def test_bad_fixed_ip_changes_nothing(lab, agent, ctxt, guest_image):
     assert got["networks"][0]["fixed_ips"] == ["10.0.2.5", "10.0.2.6"]
     assert got["state"] == "ACTIVE"
     agent.delete(ctxt, A, inst["uuid"])
-    wait_for(lambda: _gone(agent, ctxt, A, inst["uuid"]), what="delete")
+    wait_for(lambda: gone(agent, ctxt, A, inst["uuid"]), what="delete")
 
 
 def test_wrong_argument_types_on_calls(agent, ctxt):

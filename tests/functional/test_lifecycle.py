@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from computeagent import exception
-from tests.functional.conftest import (backing_chain, host_file_text, host_run,
+from tests.functional.conftest import (gone, backing_chain, host_file_text, host_run,
                                        make_instance, publish_image, virsh, wait_for,
                                        wait_state)
 
@@ -55,17 +55,9 @@ def spawned(lab, agent, ctxt, guest_image):
             pass
     for host, uuid in created:
         try:
-            wait_for(lambda: _gone(agent, ctxt, host, uuid), timeout=60, what="delete")
+            wait_for(lambda: gone(agent, ctxt, host, uuid), timeout=60, what="delete")
         except AssertionError:
             pass
-
-
-def _gone(agent, ctxt, host, uuid):
-    try:
-        agent.get_instance(ctxt, host, uuid)
-        return False
-    except exception.InstanceNotFound:
-        return True
 
 
 def test_spawn_active_chain_and_every_fixed_ip(lab, agent, ctxt, spawned, guest_image):
@@ -139,7 +131,7 @@ def test_stop_start_reboot_delete_and_destroy_behind_back(lab, agent, ctxt, spaw
     wait_state(agent, ctxt, A, uuid, "STOPPED", timeout=15)
     assert time.monotonic() - t0 < 10
     agent.delete(ctxt, A, uuid)
-    wait_for(lambda: _gone(agent, ctxt, A, uuid), what="record gone")
+    wait_for(lambda: gone(agent, ctxt, A, uuid), what="record gone")
     assert virsh(lab, A, "domstate", dom, check=False).strip() == ""
     assert host_run(lab, A, ["ls", INSTANCES]).split().count(uuid) == 0
     assert "_base" in host_run(lab, A, ["ls", INSTANCES]).split()
@@ -199,7 +191,7 @@ def test_eight_concurrent_spawns_one_download(lab, agent, ctxt, spawned, guest_a
     for inst in insts:
         agent.delete(ctxt, A, inst["uuid"])
     for inst in insts:
-        wait_for(lambda: _gone(agent, ctxt, A, inst["uuid"]), what="delete")
+        wait_for(lambda: gone(agent, ctxt, A, inst["uuid"]), what="delete")
 
 
 def test_duplicate_spawn_makes_one_domain(lab, agent, ctxt, spawned):

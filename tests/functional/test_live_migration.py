@@ -1,7 +1,6 @@
 """Live block migration on the real stack: two libvirtd hosts, QEMU (TCG), a
 real tiny Linux guest whose init checks every file of its base layer."""
 import os
-import subprocess
 import time
 import uuid as uuidlib
 
@@ -9,7 +8,7 @@ import pytest
 
 from computeagent import exception
 from computeagent.lab import guest
-from tests.functional.conftest import (backing_chain, host_file_text, host_run,
+from tests.functional.conftest import (gone, backing_chain, host_file_text, host_run,
                                        make_instance, publish_image, virsh, wait_for,
                                        wait_state)
 
@@ -161,19 +160,11 @@ def test_overlay_without_backing_file_is_caught(lab, agent, ctxt, guest_artifact
         wait_for(lambda: agent.get_host_status(ctxt, B, timeout=5), timeout=60,
                  what="agent B back")
         cleanup(agent, ctxt, uuid)
-        wait_for(lambda: _gone(agent, ctxt, B, uuid), what="delete on B")
+        wait_for(lambda: gone(agent, ctxt, B, uuid), what="delete on B")
         host_run(lab, A, ["rm", "-rf", "%s/%s" % (INSTANCES, uuid)])
 
 
-def _gone(agent, ctxt, host, uuid):
-    try:
-        agent.get_instance(ctxt, host, uuid)
-        return False
-    except exception.InstanceNotFound:
-        return True
-
-
-def test_base_pulled_from_source_when_image_is_gone(lab, agent, ctxt, guest_artifacts):
+def test_base_pulled_from_source_when_image_isgone(lab, agent, ctxt, guest_artifacts):
     img = fresh_image(lab, guest_artifacts, "gone")
     inst = spawn_on(agent, ctxt, A, img)
     uuid = inst["uuid"]
@@ -207,7 +198,7 @@ def test_abort_mid_migration_keeps_guest_on_source(lab, agent, ctxt, guest_image
         assert virsh(lab, A, "domstate", "instance-" + uuid).strip() == "running"
         assert guest.wait_for_check(console(lab, A, uuid), timeout=60).ok
         # destination clean: no record, no domain, no instance dir; base kept
-        assert _gone(agent, ctxt, B, uuid)
+        assert gone(agent, ctxt, B, uuid)
         assert virsh(lab, B, "list", "--all", "--name").split().count(
             "instance-" + uuid) == 0
         assert uuid not in host_run(lab, B, ["ls", INSTANCES]).split()
@@ -232,7 +223,7 @@ def test_destination_agent_down_fails_cleanly(lab, agent, ctxt, guest_image):
         cleanup(agent, ctxt, uuid)
     # a late-delivered pre-migration call must not leave anything on B
     time.sleep(1)
-    assert _gone(agent, ctxt, B, uuid)
+    assert gone(agent, ctxt, B, uuid)
     assert uuid not in host_run(lab, B, ["ls", INSTANCES]).split()
 
 
@@ -289,7 +280,7 @@ def test_tls_required_but_unavailable_fails_closed(lab, agent, ctxt, guest_image
         assert mig["status"] == "failed", mig
         got = wait_state(agent, ctxt, A, uuid, "ACTIVE")
         assert got["power_state"] == "RUNNING"
-        assert _gone(agent, ctxt, B, uuid)
+        assert gone(agent, ctxt, B, uuid)
         assert uuid not in host_run(lab, B, ["ls", INSTANCES]).split()
     finally:
         lab.stop_agent(A)

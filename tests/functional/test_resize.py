@@ -1,7 +1,6 @@
 """Resize and cold migration on the real stack, with confirm, revert, auto-confirm
 and a crash matrix (SIGKILL of an agent at each step) that must end, without a
 human, in one clear state with no orphan disks or domains."""
-import os
 import time
 import uuid as uuidlib
 
@@ -261,7 +260,7 @@ def test_crash_matrix(lab, agent, ctxt, guest_image, point, victim, then, expect
                  what="agent %s killed at %s" % (victim, point))
         lab.start_agent(victim, extra_conf={})
         if expected == "rolled-back":
-            mig = wait_mig(agent, ctxt, A, mid, ("failed",), timeout=120)
+            wait_mig(agent, ctxt, A, mid, ("failed",), timeout=120)
             got = wait_state(agent, ctxt, A, uuid, "ACTIVE", timeout=60)
             assert got["flavor"] == inst["flavor"], got
             assert got["power_state"] == "RUNNING"

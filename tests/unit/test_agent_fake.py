@@ -2,7 +2,6 @@
 libvirt's ``test:///default``, with real qemu-img and a real SQLite file.
 Fast checks of the RPC edge and the flows; the real stack is in tests/functional."""
 import hashlib
-import os
 import time
 import uuid as uuidlib
 
