@@ -227,6 +227,21 @@ class LiveMigrationFlows:
             except libvirt.libvirtError as e:
                 result["error"] = e
 
+        # The source domain is undefined at the end (UNDEFINE_SOURCE), so its
+        # completed statistics are only available from the job-completed event.
+        completed = {}
+        done = threading.Event()
+
+        def on_job_completed(_conn, _dom, params, _opaque):
+            completed.update(params)
+            done.set()
+
+        conn = self.driver.host.get_connection()
+        try:
+            cb_id = conn.domainEventRegisterAny(
+                dom, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, on_job_completed, None)
+        except libvirt.libvirtError:
+            cb_id = None
         t = threading.Thread(target=do_migrate, name="migrate-%s" % mid, daemon=True)
         self._running[mid] = dom
         t0 = time.monotonic()
@@ -258,6 +273,13 @@ class LiveMigrationFlows:
                 except libvirt.libvirtError as e:
                     LOG.info("abortJob: %s", e)
         self._running.pop(mid, None)
+        if cb_id is not None:
+            if "ok" in result:
+                done.wait(2)
+            try:
+                conn.domainEventDeregisterAny(cb_id)
+            except libvirt.libvirtError:
+                pass
         if "error" in result:
             self._rollback_dest(rpc_ctx, dest, uuid, mid)
             status = states.MIG_CANCELLED if aborted_reason == "aborted by request" \
@@ -283,7 +305,11 @@ class LiveMigrationFlows:
                                    "live_migration", "error", fault=reason,
                                    migration_id=mid, source_files_kept=True)
             return
-        stats = post.get("job_stats") or last
+        # Source's completed stats (disk and memory bytes, downtime) when the event
+        # came; else the destination's (downtime, totals), else the last poll.
+        stats = dict(last)
+        stats.update(post.get("job_stats") or {})
+        stats.update(completed)
         _pct, total, processed, _rem = policy.progress(stats) if stats else (0, 0, 0, 0)
         values = {"status": states.MIG_COMPLETED, "finished_at": utcnow(),
                   "step": "source-cleaned", "progress": 100, "data_remaining": 0}

@@ -69,6 +69,10 @@ def cleanup(agent, ctxt, uuid):
             pass
 
 
+def guest_image_size(lab, fname):
+    return os.path.getsize(os.path.join(lab.image_dir, fname))
+
+
 def fresh_image(lab, guest_artifacts, tag):
     return publish_image(lab, guest_artifacts.base_raw,
                          "lm-%s-%s.raw" % (tag, uuidlib.uuid4().hex[:8]), "raw")
@@ -92,6 +96,8 @@ def test_a_to_b_to_a_to_b_precaches_base_and_keeps_data(lab, agent, ctxt,
         mig = wait_migration(agent, ctxt, A, mid)
         assert mig["status"] == "completed", mig
         assert mig["progress"] == 100 and mig["data_total"] > 0
+        # only the overlay crossed, and what we wrote into it is counted
+        assert 512 * 1024 <= mig["disk_processed"] < guest_image_size(lab, fname) // 4, mig
         assert lab.image_get_count(fname) == 1
         got = wait_state(agent, ctxt, B, uuid, "ACTIVE")
         chain = backing_chain(lab, B, "%s/%s/disk" % (INSTANCES, uuid))
