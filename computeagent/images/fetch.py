@@ -31,6 +31,7 @@ from computeagent.conf import CONF
 LOG = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1 * units.Mi
+_ZEROS = bytes(CHUNK_SIZE)
 HASH_ALGOS = {"sha256": 64, "sha512": 128}  # name -> hex digest length
 _HEX_RE = re.compile(r"^[0-9a-fA-F]+$")
 USER_AGENT = "computeagent-image-fetch"
@@ -223,7 +224,11 @@ def copy_stream(src, dest, *, image_id, size, hash_algo, expected_hash,
         if declared is not sha256:
             declared.update(chunk)
         try:
-            dest.write(chunk)
+            if len(chunk) <= len(_ZEROS) and chunk == _ZEROS[:len(chunk)]:
+                # all zeroes: leave a hole (disk images are mostly empty)
+                dest.seek(len(chunk), os.SEEK_CUR)
+            else:
+                dest.write(chunk)
         except OSError as e:
             raise _fail(image_id, "writing the %s failed: %s" % (what, e))
     if size is not None and total != size:
@@ -234,6 +239,7 @@ def copy_stream(src, dest, *, image_id, size, hash_algo, expected_hash,
         raise _fail(image_id, "%s mismatch: got %s, expected %s"
                     % (hash_algo, got, expected_hash.lower()))
     try:
+        dest.truncate(total)          # a trailing hole still counts in the size
         dest.flush()
         os.fsync(dest.fileno())
     except OSError as e:
