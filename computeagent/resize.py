@@ -166,14 +166,6 @@ class ResizeFlows:
             LOG.exception("resize %s failed", mid)
             self._rollback_source(ctx, mid, "resize failed: %s" % _short(e))
 
-    def _disk_info(self, disk, image_id):
-        info = qemu_img.info(disk, "qcow2")
-        return {"format": "qcow2", "virtual_size": info["virtual-size"],
-                "backing_file": info.get("full-backing-filename")
-                or info.get("backing-filename"),
-                "backing_format": info.get("backing-filename-format"),
-                "image_id": image_id, "base_digest": self.cache.digest(image_id)}
-
     def _run(self, ctx, uuid, mid):
         mig = self.db.migration_get(mid)
         extra = dict(mig["extra"])
@@ -184,7 +176,7 @@ class ResizeFlows:
 
         # 1. destination prepares (capacity, base, instance dir)
         self._step(mid, "preparing", "preparing")
-        dinfo = self._disk_info(disk, view["image"].get("id"))
+        dinfo = self.m.live.disk_info(view)
         extra["disk_info"] = dinfo
         self._upd(mid, extra=extra)
         try:

@@ -38,6 +38,19 @@ def _ensure_pool(conn, path):
     return pool
 
 
+def _run_stream(stream, transfer, handler):
+    """Run a whole stream transfer; abort the stream on any failure."""
+    try:
+        transfer(handler, None)
+        stream.finish()
+    except Exception:
+        try:
+            stream.abort()
+        except libvirt.libvirtError:
+            pass
+        raise
+
+
 def download(peer_uri, remote_dir, name, fileobj, chunk_cb=None):
     """Stream ``remote_dir/name`` from the peer's libvirtd into ``fileobj``.
 
@@ -58,15 +71,7 @@ def download(peer_uri, remote_dir, name, fileobj, chunk_cb=None):
             return len(data)
 
         vol.download(stream, 0, 0, 0)
-        try:
-            stream.recvAll(sink, None)
-            stream.finish()
-        except Exception:
-            try:
-                stream.abort()
-            except libvirt.libvirtError:
-                pass
-            raise
+        _run_stream(stream, stream.recvAll, sink)
         return received[0]
     finally:
         conn.close()
@@ -97,15 +102,7 @@ def upload(peer_uri, remote_dir, name, src_path, capacity=None, progress_cb=None
                 if progress_cb is not None:
                     progress_cb(sent[0])
                 return data
-            try:
-                stream.sendAll(source, None)
-                stream.finish()
-            except Exception:
-                try:
-                    stream.abort()
-                except libvirt.libvirtError:
-                    pass
-                raise
+            _run_stream(stream, stream.sendAll, source)
         return size
     finally:
         try:
