@@ -8,3 +8,6 @@ from computeagent.lab.lab import (  # noqa: F401
     LabError,
     default_lab_dir,
 )
+
+__all__ = ["DEFAULT_LAB_DIR", "INSTANCES_PATH", "STATE_PATH", "Lab", "LabError",
+           "default_lab_dir"]

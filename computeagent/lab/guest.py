@@ -38,7 +38,31 @@ import subprocess
 import sys
 import tempfile
 import time
-import typing
+
+from computeagent.lab.console import (  # console parsing, re-exported here
+    BOOT_RE,
+    CHECK_RE,
+    ERROR_RE,
+    INFO_RE,
+    GuestCheck,
+    GuestPanic,
+    _Tail,
+    parse_boots,
+    parse_console,
+    parse_errors,
+    parse_info,
+    wait_for_check,
+)
+
+__all__ = [
+    "DEFAULT_CACHE_DIR", "CACHE_DIR_ENV", "KERNEL_META_PACKAGE", "BUSYBOX_PACKAGE",
+    "VIRTIO_MODULES", "CMDLINE", "DISK_SIZE", "FILLER_FILES", "FILLER_SIZE", "FS_UUID",
+    "FS_LABEL", "SOURCE_DATE_EPOCH", "INITRD_APPLETS", "BUILD_FORMAT", "CHECK_RE",
+    "BOOT_RE", "ERROR_RE", "INFO_RE", "TEMPLATE_DIR", "parse_info", "GuestBuildError",
+    "GuestArtifacts", "GuestPanic", "GuestCheck", "load_artifacts", "build_guest",
+    "parse_console", "parse_boots", "parse_errors", "wait_for_check", "create_overlay",
+    "qemu_argv", "boot_check", "main",
+]
 
 DEFAULT_CACHE_DIR = "/var/cache/computeagent-lab/guest"
 CACHE_DIR_ENV = "COMPUTEAGENT_LAB_GUEST_CACHE"
@@ -66,20 +90,6 @@ INITRD_APPLETS = ("sh", "mount", "umount", "insmod", "switch_root", "cat", "slee
 # Bump when the build steps change in a way the recipe's inputs do not show.
 BUILD_FORMAT = 2
 
-CHECK_RE = re.compile(r"GUESTCHECK (\d+) (?:(OK)|FAIL (-?\d+))")
-BOOT_RE = re.compile(r"GUESTBOOT (\d+(?:\.\d+)?)")
-ERROR_RE = re.compile(r"GUESTERROR (.*)")
-INFO_RE = re.compile(r"GUESTINFO cpus=(\d+) mem_kb=(\d+) disk_bytes=(\d+)")
-
-
-def parse_info(text):
-    """The last ``GUESTINFO`` line: {"cpus", "mem_kb", "disk_bytes"} or None."""
-    found = INFO_RE.findall(text or "")
-    if not found:
-        return None
-    cpus, mem, disk = found[-1]
-    return {"cpus": int(cpus), "mem_kb": int(mem), "disk_bytes": int(disk)}
-
 
 class GuestBuildError(Exception):
     """The guest could not be built (missing tool, package or download failure)."""
@@ -100,16 +110,6 @@ class GuestArtifacts:
 
     def to_dict(self):
         return dataclasses.asdict(self)
-
-
-class GuestPanic(RuntimeError):
-    """The guest's kernel panicked (seen on its console) while we waited for a check."""
-
-
-class GuestCheck(typing.NamedTuple):
-    n: int
-    ok: bool
-    bad: int
 
 
 # --------------------------------------------------------------------------- build
@@ -584,126 +584,6 @@ def build_guest(cache_dir=None, *, refresh=False, verify=False):
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return load_artifacts(final)
-
-
-# --------------------------------------------------------------------------- console
-
-def parse_console(text):
-    """Every ``GUESTCHECK`` line of a console log, in order, as :class:`GuestCheck`
-    ``(n, ok, bad)`` tuples. Kernel messages and carriage returns around them are
-    ignored."""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", errors="replace")
-    out = []
-    for m in CHECK_RE.finditer(text):
-        ok = m.group(2) is not None
-        out.append(GuestCheck(int(m.group(1)), ok, 0 if ok else int(m.group(3))))
-    return out
-
-
-def parse_boots(text):
-    """Uptimes (seconds) of every ``GUESTBOOT`` line: one per boot of the root disk."""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", errors="replace")
-    return [float(m.group(1)) for m in BOOT_RE.finditer(text)]
-
-
-def parse_errors(text):
-    """``GUESTERROR`` reasons and kernel ``EXT4-fs error`` lines of a console log."""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", errors="replace")
-    out = [m.group(1).strip() for m in ERROR_RE.finditer(text)]
-    out += [line.strip() for line in text.splitlines() if "EXT4-fs error" in line]
-    return out
-
-
-class _Tail:
-    """Reads what a console log gained since the last call (whole lines only)."""
-
-    def __init__(self, source, opener):
-        self.source = source
-        self.opener = opener
-        self.offset = 0
-        self.partial = b""
-
-    def _read_from(self, offset):
-        if callable(self.source):
-            data = self.source()
-            if isinstance(data, str):
-                data = data.encode("utf-8", errors="replace")
-            data = data or b""
-            if len(data) < offset:  # restarted / truncated
-                return data, 0
-            return data[offset:], offset
-        try:
-            f = self.opener(self.source, "rb")
-        except FileNotFoundError:
-            return b"", 0
-        with f:
-            try:
-                size = f.seek(0, os.SEEK_END)
-                if size < offset:
-                    offset = 0
-                f.seek(offset)
-                data = f.read()
-            except (OSError, AttributeError, ValueError):
-                data = f.read()
-                if len(data) < offset:
-                    return data, 0
-                data = data[offset:]
-        if isinstance(data, str):
-            data = data.encode("utf-8", errors="replace")
-        return data, offset
-
-    def skip_existing(self):
-        data, start = self._read_from(0)
-        self.offset = start + len(data)
-        self.partial = b""
-
-    def lines(self):
-        data, start = self._read_from(self.offset)
-        if start != self.offset:  # the file shrank: start over
-            self.partial = b""
-        self.offset = start + len(data)
-        buf = self.partial + data
-        *complete, self.partial = buf.split(b"\n")
-        return [line.decode("utf-8", errors="replace") for line in complete]
-
-    def tail_text(self, limit=2000):
-        data, _ = self._read_from(0)
-        return data[-limit:].decode("utf-8", errors="replace")
-
-
-def wait_for_check(source, after_n=None, timeout=60, opener=open, poll=0.2,
-                   raise_on_panic=True):
-    """Wait for a fresh ``GUESTCHECK`` line in a console log and return it as a
-    :class:`GuestCheck` (OK or FAIL; the caller judges).
-
-    ``source`` is a path, read with ``opener(path, "rb")`` (pass an opener that reaches
-    into another mount namespace, e.g. through ``/proc/<pid>/root``), or a callable
-    returning the log's current text. Fresh means: the first check with ``n > after_n``
-    anywhere in the log when ``after_n`` is given, otherwise the first check line
-    completed after this call began. Only whole lines count; ``n`` restarts at 1 on
-    every boot. Raises ``TimeoutError`` (with the end of the log) after ``timeout``
-    seconds, and :class:`GuestPanic` at once when a fresh line reports a kernel panic
-    (unless ``raise_on_panic`` is false).
-    """
-    tail = _Tail(source, opener)
-    if after_n is None:
-        tail.skip_existing()
-    deadline = time.monotonic() + timeout
-    while True:
-        for line in tail.lines():
-            if raise_on_panic and "Kernel panic" in line:
-                raise GuestPanic("%s: %s\nlog ends with:\n%s"
-                                 % (source, line.strip(), tail.tail_text()))
-            for check in parse_console(line):
-                if after_n is None or check.n > after_n:
-                    return check
-        if time.monotonic() >= deadline:
-            raise TimeoutError("no fresh GUESTCHECK line in %s within %ss; log ends with:\n%s"
-                               % (source, timeout, tail.tail_text()))
-        time.sleep(poll)
 
 
 # --------------------------------------------------------------------------- booting
