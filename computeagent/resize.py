@@ -268,11 +268,22 @@ class ResizeFlows:
 
     def _mig_view(self, mid):
         from computeagent.live_migration import migration_view
-        v = migration_view(self.db.migration_get(mid))
+        mig = self.db.migration_get(mid)
+        v = migration_view(mig)
         v.pop("extra", None)
-        v["old_flavor"] = self.db.migration_get(mid)["old_flavor"]
-        v["new_flavor"] = self.db.migration_get(mid)["new_flavor"]
+        v["old_flavor"] = mig["old_flavor"]
+        v["new_flavor"] = mig["new_flavor"]
         return v
+
+    def _source_migration(self, uuid, mid):
+        """Validated ids and the record of a resize this host is the source of."""
+        uuid = schema.uuid_of(uuid)
+        mid = schema.migration_id(mid)
+        mig = self.db.migration_get(mid)
+        if mig["source"] != self.host:
+            raise exception.MigrationError(reason="%s is not the source of %s"
+                                           % (self.host, mid))
+        return uuid, mid, mig
 
     # ------------------------------------------------------- source: rollback
     def _rollback_source(self, ctx, mid, reason):
@@ -502,12 +513,7 @@ class ResizeFlows:
         self.notifier.instance(ctx, inst, "resize_confirm", "end", migration_id=mid)
 
     def confirm_resize_at_source(self, ctx, uuid, mid):
-        uuid = schema.uuid_of(uuid)
-        mid = schema.migration_id(mid)
-        mig = self.db.migration_get(mid)
-        if mig["source"] != self.host:
-            raise exception.MigrationError(reason="%s is not the source of %s"
-                                           % (self.host, mid))
+        uuid, mid, mig = self._source_migration(uuid, mid)
         if not self._same_host(mig):
             self._step(mid, "confirming")
         self._crash_point("source:during-confirm")
@@ -557,12 +563,7 @@ class ResizeFlows:
                                migration_id=mid)
 
     def finish_revert_resize(self, ctx, uuid, mid):
-        uuid = schema.uuid_of(uuid)
-        mid = schema.migration_id(mid)
-        mig = self.db.migration_get(mid)
-        if mig["source"] != self.host:
-            raise exception.MigrationError(reason="%s is not the source of %s"
-                                           % (self.host, mid))
+        uuid, mid, mig = self._source_migration(uuid, mid)
         if mig["status"] == "reverted":
             return {"reverted": True}
         if not self._same_host(mig):

@@ -187,6 +187,15 @@ def gone(agent, ctxt, host, uuid):
         return True
 
 
+def delete_everywhere(agent, ctxt, uuid, hosts=("hosta", "hostb")):
+    """Best-effort delete of an instance on every host (test clean-up)."""
+    for host in hosts:
+        try:
+            agent.delete(ctxt, host, uuid)
+        except Exception:
+            pass
+
+
 def _safe_get(agent, ctxt, host, uuid):
     try:
         return agent.get_instance(ctxt, host, uuid)

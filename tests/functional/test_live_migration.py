@@ -8,7 +8,7 @@ import pytest
 
 from computeagent import exception
 from computeagent.lab import guest
-from tests.functional.conftest import (gone, backing_chain, host_file_text, host_run,
+from tests.functional.conftest import (delete_everywhere, gone, backing_chain, host_file_text, host_run,
                                        make_instance, publish_image, virsh, wait_for,
                                        wait_state)
 
@@ -62,11 +62,7 @@ def spawn_on(agent, ctxt, host, image, **kw):
 
 
 def cleanup(agent, ctxt, uuid):
-    for h in (A, B):
-        try:
-            agent.delete(ctxt, h, uuid)
-        except Exception:
-            pass
+    delete_everywhere(agent, ctxt, uuid)
 
 
 def guest_image_size(lab, fname):

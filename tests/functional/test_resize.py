@@ -8,7 +8,7 @@ import pytest
 
 from computeagent import exception
 from computeagent.lab import guest
-from tests.functional.conftest import (backing_chain, host_file_text, host_run,
+from tests.functional.conftest import (delete_everywhere, backing_chain, host_file_text, host_run,
                                        make_instance, virsh, wait_for, wait_state)
 
 pytestmark = pytest.mark.realstack
@@ -74,11 +74,7 @@ def assert_clean(lab, uuid, owner, aside_on=None):
 
 
 def cleanup(agent, ctxt, uuid):
-    for h in (A, B):
-        try:
-            agent.delete(ctxt, h, uuid)
-        except Exception:
-            pass
+    delete_everywhere(agent, ctxt, uuid)
 
 
 def test_cold_migrate_same_flavor_moves_only_the_overlay(lab, agent, ctxt, guest_image):
