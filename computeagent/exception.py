@@ -19,6 +19,10 @@ class InvalidInput(ComputeAgentError):
     msg = "Invalid input: %(reason)s"
 
 
+class InsecureTransport(ComputeAgentError):
+    msg = "Insecure hypervisor transport refused: %(reason)s"
+
+
 class InstanceNotFound(ComputeAgentError):
     msg = "Instance %(uuid)s could not be found"
 
@@ -57,3 +61,12 @@ class HypervisorUnavailable(ComputeAgentError):
 
 class QemuImgError(ComputeAgentError):
     msg = "qemu-img failed: %(reason)s"
+
+
+class InvalidTransition(MigrationError):
+    msg = ("Migration %(id)s: %(kind)s migration cannot go from %(current)s to "
+           "%(wanted)s")
+
+
+class PeerRefused(MigrationError):
+    msg = "Refused peer call %(method)s: %(reason)s"

@@ -25,3 +25,22 @@ def safe_join(root, *parts):
     if path != root and not path.startswith(root + os.sep):
         raise exception.InvalidInput(reason="path escapes %s" % root)
     return path
+
+
+_URL_USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
+
+
+def redact_urls(text):
+    """``text`` with the credentials of every URL in it replaced
+    (``https://user:secret@host/`` -> ``https://***@host/``)."""
+    if not isinstance(text, str):
+        return text
+    return _URL_USERINFO_RE.sub(r"\1***@", text)
+
+
+def public_image(image):
+    """The image dict without URL credentials (what domain XML metadata and
+    replies may carry)."""
+    if not isinstance(image, dict) or "url" not in image:
+        return image
+    return dict(image, url=redact_urls(image["url"]))

@@ -1,9 +1,11 @@
 import os
-import warnings
 
 import pytest
 
-warnings.filterwarnings("ignore", message=".*[Ee]ventlet.*")
+# the test process runs on native threads too (no eventlet), as the agent does
+from computeagent import threads
+
+threads.use_native_threads()
 
 _realstack = {"passed": 0, "skipped": 0, "failed": 0}
 

@@ -669,8 +669,9 @@ def _bare_migrate(b, uuid, base, copy="inc", vsize=GiB, undefine_source=True):
                 % (shlex.quote(d), shlex.quote(d), vsize))
         flag = "--copy-storage-all"
     prep_in, prep_out = b.timed_sh(B, prep)
-    mig = ("virsh -q -c qemu:///system migrate --live --p2p %s --persistent %s"
-           "instance-%s qemu+tcp://hostb/system"
+    # the lab is TLS-only (issue 9): the same transport and stream TLS as the agent
+    mig = ("virsh -q -c qemu:///system migrate --live --p2p --tls %s --persistent %s"
+           "instance-%s qemu+tls://hostb/system"
            % (flag, "--undefinesource " if undefine_source else "", uuid))
     mig_in, mig_out = b.timed_sh(A, mig, timeout=900)
     return {"prep_s": prep_in, "prep_with_nsenter_s": prep_out,
@@ -1446,8 +1447,9 @@ def write_report(path, data):
           "`pre_live_migration` (base check, overlay), `migrateToURI3(NON_SHARED_INC)`, "
           "the chain check on hostb and the source clean-up."
           % _mmm(f4["agent_observed"], "%.2f"))
-        w("- **Bare**: the other guest, `virsh migrate --live --p2p --copy-storage-inc "
-          "--persistent --undefinesource instance-<uuid> qemu+tcp://hostb/system` "
+        w("- **Bare**: the other guest, `virsh migrate --live --p2p --tls "
+          "--copy-storage-inc --persistent --undefinesource instance-<uuid> "
+          "qemu+tls://hostb/system` "
           "inside hosta, timed with `date +%%s%%N`, after `mkdir -p` + `qemu-img create "
           "-f qcow2 -F raw -b <base> <disk> 1G` by hand inside hostb (%s / %s / %s s, "
           "not in the headline ratio; with it: x%.2f). Afterwards by hand: `virsh "
@@ -1655,6 +1657,7 @@ def main(argv=None):
         data["lab_up_s"] = time.monotonic() - t0
         say("   up in %.1f s" % data["lab_up_s"])
         cfg.CONF([], project="computeagent", default_config_files=[])
+        lab.configure_messaging(cfg.CONF)  # amqps, the lab CA
         transport = api.get_transport(cfg.CONF, url=lab.transport_url(from_root=True))
         agent = api.ComputeAgentAPI(transport, timeout=60)
         deadline = time.monotonic() + 60

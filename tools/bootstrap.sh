@@ -7,7 +7,10 @@ cd "$top"
 
 PKGS=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-daemon-config-nwfilter
       ebtables iptables qemu-system-x86 qemu-utils rabbitmq-server libvirt-dev pkg-config
-      iproute2 busybox-static python3-venv python3-dev gcc curl ca-certificates util-linux)
+      iproute2 busybox-static python3-venv python3-dev gcc libc6-dev curl ca-certificates util-linux
+      systemd)
+# systemd: only for `systemd-analyze verify` of the unit in .ci/run; with
+# --no-install-recommends it does not bring systemd-sysv, so PID 1 stays as it is.
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -30,10 +33,11 @@ stamp=.venv/.computeagent-installed
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || \
+   [ packaging/computeagent-lab/pyproject.toml -nt "$stamp" ]; then
   echo "bootstrap: installing computeagent into .venv (log: .venv/pip.log)"
   .venv/bin/pip install -q --upgrade pip >.venv/pip.log 2>&1 || true
-  if ! .venv/bin/pip install -e ".[test]" >>.venv/pip.log 2>&1; then
+  if ! .venv/bin/pip install -e ".[test]" -e packaging/computeagent-lab >>.venv/pip.log 2>&1; then
     tail -30 .venv/pip.log >&2
     exit 1
   fi

@@ -1,11 +1,12 @@
 """computeagent-lab: bring the lab of real hypervisors up and down.
 
-    computeagent-lab [--lab-dir D] up [--hosts N] [--no-agents] [--set SECTION.OPT=VALUE]
+    computeagent-lab [--lab-dir D] up [--hosts N] [--broker-nodes 1|3] [--no-agents] [--set SECTION.OPT=VALUE]
     computeagent-lab [--lab-dir D] status [--json]
     computeagent-lab [--lab-dir D] down [--purge]
     computeagent-lab [--lab-dir D] exec HOST -- COMMAND...
     computeagent-lab [--lab-dir D] restart-libvirtd HOST
     computeagent-lab [--lab-dir D] restart-broker
+    computeagent-lab [--lab-dir D] broker-node {stop,kill,start,status} [K]
 
 The lab dir defaults to $COMPUTEAGENT_LAB_DIR or /var/lib/computeagent-lab; its lab.json
 describes everything (hosts, IPs, PIDs, URLs, paths).
@@ -32,7 +33,8 @@ def _parse_set(items):
 
 def cmd_up(lab, args):
     t0 = time.monotonic()
-    lab.up(hosts=args.hosts, agents=not args.no_agents, extra_conf=_parse_set(args.set))
+    lab.up(hosts=args.hosts, agents=not args.no_agents, extra_conf=_parse_set(args.set),
+           broker_nodes=args.broker_nodes)
     st = lab.state
     print(f"lab up in {time.monotonic() - t0:.2f} s ({args.lab_dir}/lab.json)")
     for name in lab.host_names:
@@ -40,6 +42,10 @@ def cmd_up(lab, args):
         print(f"  {name:6} {h['ip']:12} {h['libvirt_uri']}")
     print(f"  broker  {lab.transport_url(from_root=True)}  (hosts: "
           f"{lab.transport_url(from_root=False)})")
+    ssl = lab.rabbit_ssl_options(from_root=True)
+    if ssl:
+        print(f"  broker  amqps only: [oslo_messaging_rabbit] ssl = true, "
+              f"ssl_ca_file = {ssl['ssl_ca_file']}")
     print(f"  images  {st['images']['base_url']}  <- {st['images']['dir']}")
     return 0
 
@@ -96,6 +102,21 @@ def cmd_restart_broker(lab, args):
     return 0
 
 
+def cmd_broker_node(lab, args):
+    if args.action == "status":
+        for k, n in enumerate(lab.broker_nodes(), start=1):
+            print(f"  node {k}  {n['node']:24} port {n['port']}  "
+                  f"running={lab.broker_node_running(k)}")
+        return 0
+    if args.node is None:
+        raise SystemExit("broker-node stop|kill|start needs a node number")
+    t0 = time.monotonic()
+    {"stop": lab.stop_broker_node, "kill": lab.kill_broker_node,
+     "start": lab.start_broker_node}[args.action](args.node)
+    print(f"broker node {args.node}: {args.action} done in {time.monotonic() - t0:.2f} s")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="computeagent-lab",
                                      description="Lab of real libvirt/QEMU hypervisors "
@@ -110,6 +131,8 @@ def build_parser():
     p = sub.add_parser("up", help="bring the lab up (idempotent)")
     p.add_argument("--hosts", type=int, default=2, help="number of hypervisors (default 2)")
     p.add_argument("--no-agents", action="store_true", help="do not start the agents")
+    p.add_argument("--broker-nodes", type=int, default=1, choices=(1, 2, 3),
+                   help="RabbitMQ nodes, clustered (default 1)")
     p.add_argument("--set", action="append", metavar="SECTION.OPT=VALUE",
                    help="extra agent option (repeatable), e.g. libvirt.kernel_path=/x")
     p.set_defaults(func=cmd_up)
@@ -133,6 +156,12 @@ def build_parser():
 
     p = sub.add_parser("restart-broker", help="restart the lab's RabbitMQ node")
     p.set_defaults(func=cmd_restart_broker)
+
+    p = sub.add_parser("broker-node", help="stop (clean), kill (SIGKILL) or start one "
+                                           "RabbitMQ node of the lab, or list them")
+    p.add_argument("action", choices=("stop", "kill", "start", "status"))
+    p.add_argument("node", type=int, nargs="?", help="node number, 1..N")
+    p.set_defaults(func=cmd_broker_node)
 
     p = sub.add_parser("demo", help="the README's main job: lab up, spawn, live "
                                     "migrate A->B->A, verification summary, lab down")

@@ -14,7 +14,15 @@ opts = [
                      "recovery: source:after-power-off, source:during-copy, "
                      "source:after-copy, dest:before-start, dest:after-start, "
                      "dest:during-confirm, source:during-confirm, "
-                     "dest:during-revert, source:during-revert."),
+                     "dest:during-revert, source:during-revert; live migration: "
+                     "live-source:queued, live-source:preparing, "
+                     "live-source:running, live-source:post-migrating, "
+                     "live-dest:preparing, live-dest:post-migrating."),
+    cfg.ListOpt("pause_at", default=[],
+                help="TESTS ONLY, never in production. 'point=seconds' entries: at "
+                     "one of the crash_at points the agent waits that long (at most "
+                     "600 s), so a test can restart the broker or cut a link at "
+                     "exactly that step."),
 ]
 
 

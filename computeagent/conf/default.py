@@ -23,6 +23,12 @@ opts = [
                help="Seconds between image cache aging runs (0 disables the task)."),
     cfg.IntOpt("rpc_call_timeout", default=30, min=1,
                help="Timeout of ordinary agent-to-agent RPC calls, in seconds."),
+    cfg.IntOpt("stop_timeout", default=100, min=1,
+               help="Seconds a stop (SIGTERM) may take to let running tasks finish; "
+                    "past that the agent exits anyway (e.g. while no broker node is "
+                    "reachable). Running live migrations get [migration] stop_grace "
+                    "of it, at most stop_timeout - 30 s (their abort and rollback "
+                    "must fit). Keep it below systemd's TimeoutStopSec (120)."),
     cfg.StrOpt("state_path", default="/var/lib/computeagent",
                help="Directory of the agent's own state (database, locks)."),
     cfg.StrOpt("lock_path", default="$state_path/locks",

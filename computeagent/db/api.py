@@ -4,6 +4,7 @@ Records are returned as dicts so no ORM object escapes a session (threads share
 nothing but the engine).
 """
 import contextlib
+import logging
 import os
 import threading
 
@@ -12,9 +13,11 @@ from sqlalchemy import event
 from sqlalchemy.orm import sessionmaker
 
 from computeagent import exception
+from computeagent.compute import states
 from computeagent.db import migration
 from computeagent.db import models
 
+LOG = logging.getLogger(__name__)
 
 class Database:
     def __init__(self, url):
@@ -24,6 +27,9 @@ class Database:
             path = url.split("sqlite:///", 1)[-1]
             if path and path != ":memory:":
                 os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+                # records hold domain XML and image URLs: owner only (issue 9)
+                os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+                os.chmod(path, 0o600)
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         self.engine = sa.create_engine(url, **kwargs)
         if url.startswith("sqlite"):
@@ -99,6 +105,13 @@ class Database:
 
     # -- migrations --------------------------------------------------------
     def migration_create(self, values):
+        """Create a migration record; None if one with that id exists (a duplicate).
+        Its first status must be one the kind's state machine allows from nothing."""
+        if not states.can_transition(values["kind"], None, values["status"]):
+            LOG.error("migration %s: refused to create a %s migration in status %s",
+                      values["id"], values["kind"], values["status"])
+            raise exception.InvalidTransition(id=values["id"], kind=values["kind"],
+                                              current="(none)", wanted=values["status"])
         with self.session() as s:
             if s.get(models.Migration, values["id"]) is not None:
                 return None
@@ -112,14 +125,43 @@ class Database:
                 raise exception.MigrationNotFound(id=mig_id)
             return _to_dict(mig)
 
-    def migration_update(self, mig_id, **values):
+    def migration_update(self, mig_id, expected_status=None, **values):
+        """Update a migration record in one SQL statement.
+
+        A new ``status`` must be allowed by the kind's transition table
+        (:mod:`computeagent.compute.states`) from the status the row has at that
+        moment; ``expected_status`` (a status or a list) narrows that further.  The
+        check and the write are one ``UPDATE ... WHERE status IN (...)``: of two
+        racing transitions out of the same status exactly one wins, the other raises
+        :class:`InvalidTransition` and changes nothing (and is logged)."""
+        stmt = sa.update(models.Migration).where(models.Migration.id == mig_id)
+        if expected_status is not None:
+            if isinstance(expected_status, (str, states.enum.Enum)):
+                expected_status = [expected_status]
+            stmt = stmt.where(models.Migration.status.in_(
+                [getattr(x, "value", x) for x in expected_status]))
+        if "status" in values:
+            values["status"] = getattr(values["status"], "value", values["status"])
+            stmt = stmt.where(sa.or_(*[
+                sa.and_(models.Migration.kind == kind,
+                        models.Migration.status.in_(
+                            sorted(x for x in states.allowed_from(kind, values["status"])
+                                   if x is not None)))
+                for kind in states.TRANSITIONS]))
+        values.setdefault("updated_at", models.utcnow())
         with self.session() as s:
+            res = s.execute(stmt.values(**values).execution_options(
+                synchronize_session=False))
             mig = s.get(models.Migration, mig_id)
             if mig is None:
                 raise exception.MigrationNotFound(id=mig_id)
-            for k, v in values.items():
-                setattr(mig, k, v)
-            s.flush()
+            if res.rowcount == 0:
+                wanted = values.get("status") or "(an update expecting %s)" % (expected_status,)
+                LOG.warning("migration %s: refused transition %s -> %s (%s)", mig_id,
+                            mig.status, wanted, mig.kind)
+                raise exception.InvalidTransition(id=mig_id, kind=mig.kind,
+                                                  current=mig.status, wanted=wanted)
+            s.refresh(mig)
             return _to_dict(mig)
 
     def migration_get_all(self, statuses=None, instance_uuid=None):

@@ -1,7 +1,7 @@
 """SQLAlchemy models of the agent's local state. Schema changes go through Alembic."""
 import datetime
 
-from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -30,6 +30,9 @@ class Instance(Base):
     base_path: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     fault: Mapped[str | None] = mapped_column(Text, nullable=True)
     request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # 1.4 config drive: whether the instance has one, and its user data (base64)
+    config_drive: Mapped[bool] = mapped_column(Boolean, default=False)
+    user_data: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow,
                                                           onupdate=utcnow)
@@ -59,6 +62,30 @@ class Migration(Base):
     extra: Mapped[dict] = mapped_column(JSON, default=dict)
     started_at: Mapped[datetime.datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[datetime.datetime | None] = mapped_column(DateTime, nullable=True)
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow,
+                                                          onupdate=utcnow)
+
+
+class ImageCacheEntry(Base):
+    """One image's pre-cache state on this host (issue 14). The base file and its
+    sidecar stay the truth about what is cached; this record says what was asked,
+    how far it got and why it failed."""
+    __tablename__ = "image_cache"
+
+    image_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))  # queued downloading cached failed
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    disk_format: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    source: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    pinned_until: Mapped[datetime.datetime | None] = mapped_column(DateTime,
+                                                                   nullable=True)
+    last_used: Mapped[datetime.datetime | None] = mapped_column(DateTime, nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    image: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow,
                                                           onupdate=utcnow)

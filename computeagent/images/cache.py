@@ -67,6 +67,7 @@ class BaseInfo:
     hash_algo: str         # the declared algorithm the base was verified with
     hash: str              # the declared hash (== digest when hash_algo is sha256)
     source: str            # "download", "import" or "rebuilt"
+    pinned_until: float = 0.0  # epoch seconds; aging never removes it before then
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -179,7 +180,8 @@ class ImageCache:
                 downloaded_at=str(data["downloaded_at"]),
                 hash_algo=str(data["hash_algo"]),
                 hash=str(data["hash"]),
-                source=str(data.get("source", "download")))
+                source=str(data.get("source", "download")),
+                pinned_until=float(data.get("pinned_until") or 0.0))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
@@ -201,6 +203,8 @@ class ImageCache:
             "downloaded_at": info.downloaded_at,
             "source": info.source,
         }
+        if info.pinned_until:
+            data["pinned_until"] = info.pinned_until
         fd, tmp = tempfile.mkstemp(prefix=".%s.part-info-" % name, dir=self.base_dir)
         try:
             with os.fdopen(fd, "w") as f:
@@ -208,7 +212,7 @@ class ImageCache:
                 f.write("\n")
                 f.flush()
                 os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, 0o600)     # the agent's own record; only the base is QEMU's
             os.rename(tmp, self._path(name) + SIDECAR_SUFFIX)
         except BaseException:
             _unlink(tmp)
@@ -294,7 +298,7 @@ class ImageCache:
                  info.disk_format, info.size, info.digest)
         return info
 
-    def _ensure_locked(self, image):
+    def _ensure_locked(self, image, progress=None):
         image_id = image["id"]
         name = self.base_name(image_id)
         path = self._path(name)
@@ -312,20 +316,24 @@ class ImageCache:
         def produce(f):
             return fetch.fetch(image["url"], f, image_id=image_id, size=image["size"],
                                hash_algo=image["hash_algo"],
-                               expected_hash=image["hash"])
+                               expected_hash=image["hash"], progress=progress)
         return self._install(name, image_id, image["disk_format"], produce, "download")
 
     @contextlib.contextmanager
-    def using(self, image):
+    def using(self, image, progress=None):
         """Ensure ``image`` is cached and hold its base lock for the block.
 
-        Yields :class:`BaseInfo`.
+        Yields :class:`BaseInfo`. A download already running for the same image
+        (a pre-cache, a spawn, another migration, in this process or another)
+        holds the lock: this waits for it and then reuses its base (no second
+        GET); a pre-cached base costs one sidecar read and a digest compare.
+        ``progress(bytes_done)`` is called while downloading.
         """
         _check_image(image)
         with self._lock(self.base_name(image["id"])):
-            yield self._ensure_locked(image)
+            yield self._ensure_locked(image, progress)
 
-    def ensure(self, image):
+    def ensure(self, image, progress=None):
         """Return :class:`BaseInfo` of ``image``, downloading it when missing.
 
         ``image`` = {"id", "url", "disk_format", "size", "hash_algo", "hash"}.
@@ -337,8 +345,40 @@ class ImageCache:
             does not match the declared image.
         :raises InvalidInput: ``image`` is malformed.
         """
-        with self.using(image) as info:
+        with self.using(image, progress) as info:
             return info
+
+    def pin(self, image_id, until):
+        """Keep the cached base of ``image_id`` from aging out until ``until``
+        (epoch seconds; 0 unpins). Recorded in the sidecar under the base lock.
+        Returns the updated :class:`BaseInfo`, or None when it is not cached."""
+        name = self.base_name(image_id)
+        with self._lock(name):
+            if not os.path.isfile(self._path(name)):
+                return None
+            info = self._read_sidecar(name)
+            if info is None:
+                return None
+            info = dataclasses.replace(info, pinned_until=float(until or 0.0))
+            self._write_sidecar(name, info)
+            return info
+
+    def _pinned(self, name, now=None):
+        info = self._read_sidecar(name)
+        return info is not None and info.pinned_until > (now or time.time())
+
+    def ensure_from(self, image, produce, source):
+        """Like :meth:`ensure`, but a missing base is filled by
+        ``produce(fileobj) -> FetchResult`` (which must verify the image's
+        declared size and hash, e.g. with ``fetch.VerifyingWriter``) instead of
+        a download; the same inspection, sidecar and rename follow."""
+        _check_image(image)
+        image_id = image["id"]
+        name = self.base_name(image_id)
+        with self._lock(name):
+            if os.path.lexists(self._path(name)):
+                return self._ensure_locked(image)
+            return self._install(name, image_id, image["disk_format"], produce, source)
 
     def import_base(self, image_id, src, expected_sha256, disk_format):
         """Cache a base copied from elsewhere (a peer hypervisor).
@@ -487,6 +527,9 @@ class ImageCache:
                 "disk_format": info.disk_format if info else None,
                 "virtual_size": info.virtual_size if info else None,
                 "digest": info.digest if info else None,
+                "source": info.source if info else None,
+                "pinned_until": info.pinned_until if info else 0.0,
+                "downloaded_at": info.downloaded_at if info else None,
             })
         return out
 
@@ -495,6 +538,7 @@ class ImageCache:
     def clean(self, min_age_seconds=None, dry_run=False):
         """Remove bases no instance disk uses and unused for ``min_age_seconds``
         (default ``remove_unused_original_minimum_age_seconds``), with sidecars.
+        A base pinned (``pin``) until a time still to come is never removed.
 
         Each candidate's lock is taken (without waiting: a busy base is skipped)
         and age and use are re-checked under the locks (in batches of CLEAN_BATCH).
@@ -520,7 +564,8 @@ class ImageCache:
                       self.base_dir, ", ".join(unknown))
             return []
         candidates = [n for n in names
-                      if self._path(n) not in used and self._age(n) >= min_age_seconds]
+                      if self._path(n) not in used and self._age(n) >= min_age_seconds
+                      and not self._pinned(n)]
         if not candidates:
             return []
         removed = []
@@ -556,7 +601,8 @@ class ImageCache:
                 return None
             for name in locked:
                 path = self._path(name)
-                if path in used or self._age(name) < min_age_seconds:
+                if (path in used or self._age(name) < min_age_seconds
+                        or self._pinned(name)):
                     continue
                 if not dry_run:
                     if not _unlink(path):

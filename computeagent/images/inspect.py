@@ -187,3 +187,54 @@ def inspect_image(path, declared_format, image_id):
         raise _reject(image_id, "qemu-img reports virtual size %r, expected %d"
                       % (qemu_size, virtual_size))
     return InspectResult(format=detected, virtual_size=virtual_size)
+
+
+def inspect_overlay(path, base_dir, what="overlay"):
+    """Inspect an instance overlay that arrived from a peer (a resize) before
+    qemu-img or QEMU open it: a regular qcow2 file (not a link), no external data
+    file, no unknown incompatible feature, no encryption, and a backing file -- if
+    any -- that is a plain path directly inside ``base_dir``.  Returns the backing
+    file name (str, or None); raises ImageUnacceptable with the reason."""
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        raise _reject(what, "cannot be read: %s" % e)
+    if not stat.S_ISREG(st.st_mode):
+        raise _reject(what, "is not a regular file")
+    try:
+        inspector = format_inspector.detect_file_format(path)
+    except Exception as e:  # the inspector parses hostile data
+        raise _reject(what, "format detection failed: %s" % e)
+    if inspector is None or str(inspector) != "qcow2":
+        raise _reject(what, "content is %s, expected qcow2" % inspector)
+    head = _read_head(path)
+    if len(head) < _QCOW2_HEADER_MIN:
+        raise _reject(what, "truncated qcow2: the header is incomplete")
+    try:
+        inspector.safety_check()
+    except format_inspector.SafetyCheckFailed as e:
+        others = [n for n in e.failures if n != "backing_file"]
+        if others:
+            raise _reject(what, "; ".join(
+                _CHECK_REASONS.get(n, "safety check %s failed" % n)
+                for n in sorted(others, key=lambda n: (n not in _CHECK_REASONS, n))))
+    except format_inspector.ImageFormatError as e:
+        raise _reject(what, "cannot be safety-checked: %s" % e)
+    (crypt_method,) = struct.unpack(
+        ">I", head[_QCOW2_CRYPT_OFFSET:_QCOW2_CRYPT_OFFSET + 4])
+    if crypt_method:
+        raise _reject(what, "qcow2 image is encrypted")
+    raw = _qcow2_backing_name(head)
+    if raw is None:
+        return None
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _reject(what, "backing file name is not UTF-8")
+    base_dir = os.path.normpath(base_dir)
+    if (not name or name.lstrip().startswith("json:") or not os.path.isabs(name)
+            or os.path.normpath(name) != name or "\0" in name
+            or os.path.dirname(name) != base_dir):
+        raise _reject(what, "backing file %r is outside %s (_base)"
+                      % (name[:200], base_dir))
+    return name

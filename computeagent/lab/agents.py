@@ -33,16 +33,21 @@ class AgentsMixin:
                 "host": name,
                 "instances_path": INSTANCES_PATH,
                 "state_path": STATE_PATH,
-                "transport_url": self.transport_url(from_root=False),
+                # the agent's own broker user (computeagent-<host>), over amqps
+                "transport_url": self.agent_transport_url(name),
                 "sync_power_state_interval": "2",
             },
+            "oslo_messaging_rabbit": self.rabbit_ssl_options(from_root=False),
             "libvirt": {
                 "connection_uri": "qemu:///system",
                 "virt_type": "qemu",
-                "migration_uri_template": "qemu+tcp://%(host)s/system",
+                "migration_uri_template": "qemu+tls://%(host)s/system",
             },
+            "migration": {"tls": "true"},
             "image_cache": {
                 "allowed_file_dirs": self.image_dir,
+                # image URLs only to the lab's image server (issue 9)
+                "allowed_url_hosts": "%s,calab-images" % self.state["network"]["gateway"],
             },
         }
         if extra_conf is not None:
@@ -113,7 +118,6 @@ class AgentsMixin:
         the lab broker: before that, a cast to it is silently dropped."""
         deadline = time.monotonic() + timeout
         pending = list(names)
-        b = self._broker_settings()
         while pending:
             for n in list(pending):
                 if not procutil.ref_alive(self.host(n).get("agent_ref")):
@@ -121,7 +125,7 @@ class AgentsMixin:
                                    + _tail(self.agent_log(n)))
             queues = {self.host(n)["rpc_queue"]: n for n in pending}
             try:
-                counts = _broker.queue_consumers(b, list(queues))
+                counts = _broker.queue_consumers(self.running_broker_node(), list(queues))
             except Exception as exc:  # noqa: broker restarting: keep polling
                 LOG.debug("queue check failed: %s", exc)
                 counts = {}

@@ -6,22 +6,37 @@ distribution port, its own config/env/plugins files (the machine's /etc/rabbitmq
 read), its data, logs and pid file under the lab dir.  It listens for AMQP on
 127.0.0.1:<port> (root namespace) and on the lab bridge's address (hosts).
 
-The lab user is the node's *default user* (rabbitmq.conf ``default_user`` / ``default_pass``
+The lab user is also the node's *default user* (rabbitmq.conf ``default_user`` / ``default_pass``
 / ``default_permissions``), seeded when the node boots on an empty database: no slow
 ``rabbitmqctl`` round trips at start-up.  The node is started in the foreground (the
 ``rabbitmq-server`` script stays as a small shell parent of ``beam.smp``) in a new
 session and stopped by PID: SIGTERM makes RabbitMQ shut down cleanly.
 
+TLS (issue 9): the node listens for AMQP over TLS only (amqps, on the same port; no
+plain listener).  Its server certificate (``<broker dir>/tls``, subject
+``O=computeagent-lab,CN=calab-broker``, subjectAltName localhost, calab-broker,
+127.0.0.1 and the bridge address) is signed by the lab CA (computeagent.lab.pki);
+clients verify it against that CA (``[oslo_messaging_rabbit] ssl = true``,
+``ssl_ca_file``).  Users come from a definitions file loaded at boot: the lab user
+(administrator, for tests and rabbitmqctl-like queries) and one user per agent,
+``computeagent-<host>``, whose permissions exclude the other agents' server queues
+(:func:`agent_permissions`).  There is no ``guest`` user.  Inter-node (Erlang
+distribution) traffic of a lab cluster stays in clear on loopback.
+
 Measured on the 2-core lab machine: boot 4-5 s (fresh or not), stop ~1 s.
 """
+import base64
+import hashlib
+import json
 import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import time
 
-from computeagent.lab import procutil
+from computeagent.lab import pki, procutil
 from computeagent.lab.errors import LabError
 
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
@@ -33,10 +48,47 @@ class BrokerError(LabError):
     pass
 
 
+AGENT_USER_PREFIX = "computeagent-"
+
+
+def agent_user(host):
+    """The broker user of host ``host``'s agent."""
+    return AGENT_USER_PREFIX + host
+
+
+def agent_permissions(host, topic="computeagent"):
+    """(configure, write, read) regexes of ``agent_user(host)``.
+
+    What oslo.messaging needs from an agent: declare and consume its topic queue
+    (``computeagent``), its server queue (``computeagent.<host>``), fanout queues
+    (``computeagent_fanout_*``), reply queues (``reply_*``); declare and publish to the
+    exchanges (``openstack``, ``computeagent_fanout``, ``amq.default`` for replies),
+    notifications (``notifications.*``).  Everything except *another* agent's server
+    queue ``computeagent.<other host>``: that one it may neither declare, delete,
+    bind nor consume from.  Publishing to it goes through the ``openstack`` exchange
+    (write on the exchange), so agent-to-agent calls keep working."""
+    t = topic.replace(".", r"\.")
+    h = host.replace(".", r"\.")
+    own_only = r"^(?!%s\.(?!%s$)).*$" % (t, h)
+    return own_only, ".*", own_only
+
+
+def _password_hash(password):
+    """RabbitMQ's rabbit_password_hashing_sha256: base64(salt + sha256(salt + pw))."""
+    salt = secrets.token_bytes(4)
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()
+                            ).decode()
+
+
 def default_settings(broker_dir, listen_ips, port=5673, dist_port=25673, epmd_port=24369,
-                     node="calab@localhost", user="computeagent", password=None):
+                     node="calab@localhost", user="computeagent", password=None,
+                     ca_dir=None, agent_users=None):
     return {
         "dir": broker_dir,
+        "tls": ca_dir is not None,
+        "ca_dir": ca_dir,               # the lab CA (computeagent.lab.pki.make_ca)
+        "tls_dir": os.path.join(broker_dir, "tls"),
+        "agent_users": dict(agent_users or {}),   # host -> password
         "node": node,
         "port": port,
         "dist_port": dist_port,
@@ -89,9 +141,28 @@ def write_config(settings):
     os.makedirs(d, exist_ok=True)
     os.makedirs(settings["log_dir"], exist_ok=True)
     os.makedirs(settings["mnesia_dir"], exist_ok=True)
-    lines = [f"listeners.tcp.{i} = {ip}:{settings['port']}"
-             for i, ip in enumerate(settings["listen"], start=1)]
+    if settings.get("tls"):
+        tls = make_certificate(settings)
+        lines = ["listeners.tcp = none"]
+        lines += [f"listeners.ssl.{i} = {ip}:{settings['port']}"
+                  for i, ip in enumerate(settings["listen"], start=1)]
+        lines += [
+            f"ssl_options.cacertfile = {tls['cacert']}",
+            f"ssl_options.certfile = {tls['cert']}",
+            f"ssl_options.keyfile = {tls['key']}",
+            "ssl_options.verify = verify_peer",
+            # agents authenticate with user + password; a client certificate, if
+            # sent, must be the lab CA's
+            "ssl_options.fail_if_no_peer_cert = false",
+            "ssl_options.versions.1 = tlsv1.3",
+            "ssl_options.versions.2 = tlsv1.2",
+        ]
+    else:
+        lines = [f"listeners.tcp.{i} = {ip}:{settings['port']}"
+                 for i, ip in enumerate(settings["listen"], start=1)]
+    _write(os.path.join(d, "definitions.json"), json.dumps(definitions(settings), indent=1))
     lines += [
+        f"load_definitions = {os.path.join(d, 'definitions.json')}",
         f"default_user = {settings['user']}",
         f"default_pass = {settings['password']}",
         "default_vhost = /",
@@ -119,6 +190,64 @@ def write_config(settings):
         fd = os.open(cookie, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(16).upper())
+
+
+def definitions(settings):
+    """Users and permissions the node loads at boot (no guest user)."""
+    users = [{"name": settings["user"], "password_hash": _password_hash(settings["password"]),
+              "hashing_algorithm": "rabbit_password_hashing_sha256",
+              "tags": ["administrator"]}]
+    perms = [{"user": settings["user"], "vhost": "/", "configure": ".*", "write": ".*",
+              "read": ".*"}]
+    for host, pw in sorted((settings.get("agent_users") or {}).items()):
+        conf_re, write_re, read_re = agent_permissions(host)
+        users.append({"name": agent_user(host), "password_hash": _password_hash(pw),
+                      "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": []})
+        perms.append({"user": agent_user(host), "vhost": "/", "configure": conf_re,
+                      "write": write_re, "read": read_re})
+    return {"users": users, "vhosts": [{"name": "/"}], "permissions": perms}
+
+
+def make_certificate(settings):
+    """The node's server certificate, signed by the lab CA (kept when it exists)."""
+    t = settings["tls_dir"]
+    out = {"cacert": os.path.join(t, "cacert.pem"), "cert": os.path.join(t, "cert.pem"),
+           "key": os.path.join(t, "key.pem")}
+    if all(os.path.exists(p) for p in out.values()):
+        return out
+    os.makedirs(t, mode=0o700, exist_ok=True)
+    ca = pki.make_ca(settings["ca_dir"])
+    alt = ["DNS:localhost", "DNS:calab-broker"] + [f"IP:{ip}" for ip in settings["listen"]]
+    pki._sign(ca, pki.subject("calab-broker"), out["cert"], out["key"], server=True,
+              alt_names=alt)
+    with open(ca[0]) as src, open(out["cacert"], "w") as dst:
+        dst.write(src.read())
+    return out
+
+
+def ca_file(settings):
+    """The CA file a client in the root namespace verifies the broker with."""
+    return os.path.join(settings["ca_dir"], "cacert.pem") if settings.get("tls") else None
+
+
+def client_ssl(settings, address="127.0.0.1", ca=None):
+    """kombu/py-amqp ``ssl`` argument for a client of this node (False without TLS)."""
+    if not settings.get("tls"):
+        return False
+    return {"ca_certs": ca or ca_file(settings), "cert_reqs": ssl.CERT_REQUIRED,
+            "server_hostname": address}
+
+
+def kombu_connection(settings, address="127.0.0.1", user=None, password=None,
+                     ssl_opts=None, **kw):
+    """A kombu Connection to this node (amqps with the lab CA when TLS is on)."""
+    import kombu  # noqa: delayed, only the lab needs it
+
+    url = "amqp://%s:%s@%s:%d//" % (user or settings["user"],
+                                    password or settings["password"], address,
+                                    settings["port"])
+    sslarg = client_ssl(settings, address) if ssl_opts is None else ssl_opts
+    return kombu.Connection(url, ssl=sslarg, **kw)
 
 
 def _write(path, text):
@@ -211,13 +340,9 @@ def wait_ready(settings, timeout=60.0, check_login=True):
 
 
 def _check_login(settings, deadline):
-    import kombu  # noqa: delayed, only the lab needs it
-
-    # kombu's name of the transport oslo.messaging calls rabbit://
-    url = "amqp://" + transport_url(settings, "127.0.0.1").split("://", 1)[1]
     last = None
     while time.monotonic() < deadline:
-        conn = kombu.Connection(url, connect_timeout=2)
+        conn = kombu_connection(settings, connect_timeout=2)
         try:
             conn.connect()
             return
@@ -233,11 +358,9 @@ def queue_consumers(settings, queues, timeout=2.0):
     """{queue: number of consumers, or None if the queue does not exist} (passive
     declares over AMQP: no rabbitmqctl)."""
     import amqp.exceptions  # noqa: delayed, only the lab needs it
-    import kombu
 
-    url = "amqp://" + transport_url(settings, "127.0.0.1").split("://", 1)[1]
     result = {}
-    with kombu.Connection(url, connect_timeout=timeout) as conn:
+    with kombu_connection(settings, connect_timeout=timeout) as conn:
         conn.connect()
         for q in queues:
             ch = conn.channel()

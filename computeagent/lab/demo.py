@@ -81,6 +81,7 @@ def run(lab_dir=None, keep=False):
     transport = None
     try:
         cfg.CONF([], project="computeagent", default_config_files=[])
+        lab.configure_messaging(cfg.CONF)  # amqps, the lab CA
         transport = api.get_transport(cfg.CONF, url=lab.transport_url(from_root=True))
         agent = api.ComputeAgentAPI(transport, timeout=30)
         ctxt = {"request_id": "req-demo-" + uuidlib.uuid4().hex[:8]}
@@ -135,7 +136,7 @@ def run(lab_dir=None, keep=False):
                      mig and mig["status"], (mig and mig["disk_processed"] or 0) / 2**20,
                      (mig and mig["memory_processed"] or 0) / 2**20,
                      mig and mig["downtime_ms"],
-                     (mig or {}).get("extra", {}).get("dest_prepare", {}).get("base_from"),
+                     ((mig or {}).get("dest_prepare") or {}).get("base_from"),
                      lab.image_get_count(fname)))
             if not ok:
                 _say("   error: %s" % (mig and mig["error"]))

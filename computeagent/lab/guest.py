@@ -42,6 +42,7 @@ import time
 from computeagent.lab.console import (  # console parsing, re-exported here
     BOOT_RE,
     CHECK_RE,
+    CRASH_RE,
     ERROR_RE,
     INFO_RE,
     GuestCheck,
@@ -57,7 +58,7 @@ from computeagent.lab.console import (  # console parsing, re-exported here
 __all__ = [
     "DEFAULT_CACHE_DIR", "CACHE_DIR_ENV", "KERNEL_META_PACKAGE", "BUSYBOX_PACKAGE",
     "VIRTIO_MODULES", "CMDLINE", "DISK_SIZE", "FILLER_FILES", "FILLER_SIZE", "FS_UUID",
-    "FS_LABEL", "SOURCE_DATE_EPOCH", "INITRD_APPLETS", "BUILD_FORMAT", "CHECK_RE",
+    "FS_LABEL", "SOURCE_DATE_EPOCH", "INITRD_APPLETS", "BUILD_FORMAT", "CHECK_RE", "CRASH_RE",
     "BOOT_RE", "ERROR_RE", "INFO_RE", "TEMPLATE_DIR", "parse_info", "GuestBuildError",
     "GuestArtifacts", "GuestPanic", "GuestCheck", "load_artifacts", "build_guest",
     "parse_console", "parse_boots", "parse_errors", "wait_for_check", "create_overlay",
@@ -71,7 +72,10 @@ KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
 # Load order: each module's "depends=" names only modules before it.
 VIRTIO_MODULES = ("virtio_ring", "virtio", "virtio_pci_modern_dev",
-                  "virtio_pci_legacy_dev", "virtio_pci", "virtio_blk")
+                  "virtio_pci_legacy_dev", "virtio_pci", "virtio_blk",
+                  # the config drive (SCSI cdrom on virtio-scsi, ISO 9660) and the NIC
+                  "scsi_common", "scsi_mod", "virtio_scsi", "cdrom", "sr_mod", "isofs",
+                  "failover", "net_failover", "virtio_net")
 
 # The kernel parses console/quiet/panic; the initramfs reads root=, rootfstype= and
 # rootflags= itself. "quiet" is loglevel 4: KERN_ERR and worse (ext4 errors, I/O
@@ -88,7 +92,7 @@ FS_LABEL = "labguest"
 SOURCE_DATE_EPOCH = 1700000000
 INITRD_APPLETS = ("sh", "mount", "umount", "insmod", "switch_root", "cat", "sleep")
 # Bump when the build steps change in a way the recipe's inputs do not show.
-BUILD_FORMAT = 2
+BUILD_FORMAT = 3
 
 
 class GuestBuildError(Exception):
@@ -238,6 +242,8 @@ def _recipe(versions):
         "modules": list(VIRTIO_MODULES),
         "initramfs_init": _template("initramfs-init.sh"),
         "rootfs_init": _template("rootfs-init.sh"),
+        "guest_net": _template("guest-net.sh"),
+        "dirtier": _template("dirtier.c"),
         "cmdline": CMDLINE,
         "disk_size": DISK_SIZE,
         "filler": [FILLER_FILES, FILLER_SIZE],
@@ -335,6 +341,14 @@ def _clamp_times(top):
     os.utime(top, (SOURCE_DATE_EPOCH, SOURCE_DATE_EPOCH))
 
 
+def _build_dirtier(out):
+    """``dirtier.c`` as a static binary (gcc + libc6-dev; no other library)."""
+    src = os.path.join(TEMPLATE_DIR, "dirtier.c")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    _run(["gcc", "-static", "-O2", "-o", out, src])
+    os.chmod(out, 0o755)
+
+
 def _build_rootfs(stage, busybox, applets, versions):
     """Stage the root disk's tree; returns (manifest text, number of files)."""
     with open(busybox, "rb") as f:
@@ -347,6 +361,10 @@ def _build_rootfs(stage, busybox, applets, versions):
     # /bin/busybox mapped, so its pages are never dropped).
     _write(os.path.join(stage, "usr", "libexec", "busybox-probe"), bb, 0o755)
     _write(os.path.join(stage, "sbin", "init"), _template("rootfs-init.sh").encode(), 0o755)
+    _write(os.path.join(stage, "sbin", "guest-net"), _template("guest-net.sh").encode(),
+           0o755)
+    # issue 11: a workload dirtying RAM at a chosen rate (started from user_data)
+    _build_dirtier(os.path.join(stage, "usr", "libexec", "dirtier"))
     _write(os.path.join(stage, "etc", "guest-release"), (
         "computeagent lab guest\nkernel=%s %s\nbusybox=%s\n"
         % (versions["kernel_package"], versions["kernel_version"],
@@ -557,9 +575,10 @@ def build_guest(cache_dir=None, *, refresh=False, verify=False):
             base_raw = os.path.join(out, "base.raw")
             meta = {
                 "recipe_hash": rhash,
-                "recipe": {k: v for k, v in recipe.items() if not k.endswith("_init")},
+                "recipe": {k: v for k, v in recipe.items()
+                           if not k.endswith("_init") and k != "guest_net"},
                 "init_sha256": {k: hashlib.sha256(recipe[k].encode()).hexdigest()
-                                for k in ("initramfs_init", "rootfs_init")},
+                                for k in ("initramfs_init", "rootfs_init", "guest_net")},
                 "kernel_package": versions["kernel_package"],
                 "kernel_release": versions["kernel_release"],
                 "kernel_version": versions["kernel_version"],

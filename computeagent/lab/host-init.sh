@@ -31,6 +31,7 @@ bind() {
 }
 
 bind etc/libvirt         /etc/libvirt
+bind etc/pki             /etc/pki
 bind run/libvirt         /run/libvirt
 bind var/lib/libvirt     /var/lib/libvirt
 bind var/log/libvirt     /var/log/libvirt

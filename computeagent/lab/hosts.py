@@ -8,9 +8,10 @@ import signal
 import subprocess
 import time
 
+from computeagent.lab import pki
 from computeagent.lab import procutil
 from computeagent.lab.errors import LabError
-from computeagent.lab.layout import HOST_INIT, LIBVIRT_QEMU_UID, LIBVIRT_TCP_PORT
+from computeagent.lab.layout import HOST_INIT, LIBVIRT_QEMU_UID, LIBVIRT_TLS_PORT
 from computeagent.lab.util import LOG, _libvirt, _run, _tail, _write
 
 
@@ -82,6 +83,19 @@ class HostsMixin:
         namespaces and wait until it is ready.  Running QEMUs survive."""
         self.stop_libvirtd(name, sig=sig)
         self.start_libvirtd(name, timeout=timeout)
+    def set_qemu_conf(self, name, key, value, restart=True):
+        """Set ``key = value`` (a literal, e.g. ``1`` or ``"/etc/pki/qemu"``) in host
+        ``name``'s qemu.conf and restart its libvirtd (running QEMUs survive).
+        Tests use it to turn migrate_tls_force off for a TLS-off comparison."""
+        path = os.path.join(self.host_dir(name), "etc/libvirt/qemu.conf")
+        with open(path) as f:
+            lines = [ln for ln in f.read().splitlines()
+                     if not ln.replace(" ", "").startswith(key + "=")]
+        lines.append(f"{key} = {value}")
+        _write(path, "\n".join(lines) + "\n")
+        if restart:
+            self.restart_libvirtd(name)
+
     def _prepare_host(self, name, caps_cache=None):
         h = self.host(name)
         hd = h["dir"]
@@ -93,13 +107,23 @@ class HostsMixin:
         os.makedirs(h["instances_dir"], exist_ok=True)
         os.makedirs(h["state_dir"], exist_ok=True)
         ip = h["ip"]
+        # Certificates (computeagent/lab/pki.py): the lab CA's server + client
+        # certificates of this host, in <host dir>/etc/pki (its /etc/pki).
+        ca = pki.make_ca(self.pki_ca_dir())
+        pki.make_host(ca, os.path.join(hd, "etc/pki"), name, ip)
+        allowed = ", ".join('"%s"' % pki.allowed_dn(hn) for hn in self.host_names)
         _write(os.path.join(hd, "etc/libvirt/libvirtd.conf"), "\n".join([
             f"# computeagent lab: libvirtd of {name}",
-            "listen_tls = 0",
-            "listen_tcp = 1",
+            # Between hosts only TLS with a client certificate of the lab CA whose DN
+            # names a lab hypervisor (no plain TCP, no anonymous access).
+            "listen_tls = 1",
+            "listen_tcp = 0",
             f'listen_addr = "{ip}"',
-            f'tcp_port = "{LIBVIRT_TCP_PORT}"',
-            'auth_tcp = "none"',
+            f'tls_port = "{LIBVIRT_TLS_PORT}"',
+            'auth_tls = "none"',
+            "tls_no_verify_certificate = 0",
+            "tls_no_sanity_certificate = 0",
+            f"tls_allowed_dn_list = [ {allowed} ]",
             'auth_unix_rw = "none"',
             'auth_unix_ro = "none"',
             'unix_sock_group = "root"',
@@ -121,6 +145,14 @@ class HostsMixin:
             # domains of one name and id (the usual case during a migration: each
             # libvirtd counts ids from 1) would share machine/qemu-<id>-<name>.
             "cgroup_controllers = [ ]",
+            # QEMU-native TLS (migration memory stream and NBD disk copy): the host's
+            # certificates in /etc/pki/qemu, peers verified against the lab CA, and
+            # libvirt refuses any migration without VIR_MIGRATE_TLS.
+            'default_tls_x509_cert_dir = "/etc/pki/qemu"',
+            "default_tls_x509_verify = 1",
+            'migrate_tls_x509_cert_dir = "/etc/pki/qemu"',
+            "migrate_tls_x509_verify = 1",
+            "migrate_tls_force = 1",
             "",
         ]))
         hosts = ["127.0.0.1\tlocalhost",

@@ -8,7 +8,7 @@ itself uses it -- then 198.51.100 or 203.0.113; see choose_subnet)::
     bridge calab0 P.1/24                          and UTS namespaces, hostname hosta)
       |- RabbitMQ node calab@localhost            eth0 P.11/24  (veth <-> calab0)
       |    127.0.0.1:5673 and P.1:5673            br-lab (guest NICs)
-      |- image server P.1:8090                    libvirtd --listen (tcp 16509)
+      |- image server P.1:8090                    libvirtd --listen (TLS 16514)
       |- veth calab-hosta  ----------------------  /var/lib/computeagent = <hostdir>/agent
       |- veth calab-hostb  -----> host "hostb", P.12, ...
 
@@ -28,6 +28,7 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -36,6 +37,7 @@ import time
 import uuid
 
 from computeagent.lab import broker as _broker
+from computeagent.lab import cluster as _cluster
 from computeagent.lab import procutil
 from computeagent.lab.agents import AgentsMixin
 from computeagent.lab.errors import LabError
@@ -61,7 +63,8 @@ __all__ = [
 ]
 
 
-class Lab(HostsMixin, AgentsMixin, NetworkMixin, BrokerMixin, ImageServerMixin):
+class Lab(HostsMixin, AgentsMixin, NetworkMixin, BrokerMixin, ImageServerMixin,
+          _cluster.ClusterMixin):
     """The lab in ``lab_dir`` (default ``$COMPUTEAGENT_LAB_DIR`` or
     ``/var/lib/computeagent-lab``).  ``state`` is the content of ``lab.json``.
 
@@ -185,13 +188,46 @@ class Lab(HostsMixin, AgentsMixin, NetworkMixin, BrokerMixin, ImageServerMixin):
         """URI of the host's libvirtd as seen from the other hosts (TCP)."""
         return self.host(name)["migration_uri"]
 
+    def pki_ca_dir(self):
+        """The lab CA (cacert.pem, cakey.pem), kept across down/up."""
+        return os.path.join(self.lab_dir, "pki", "ca")
+
     def libvirt_connect(self, name):
         """A libvirt.virConnect to the host's libvirtd (from the root namespace)."""
         return _libvirt().open(self.libvirt_uri(name))
 
     def transport_url(self, from_root=True):
+        """The lab user's URL (administrator: tests, tools).  Clients also need
+        :meth:`rabbit_ssl_options` (the broker speaks amqps only)."""
         b = self._broker_settings()
         return b["transport_url"] if from_root else b["transport_url_hosts"]
+
+    def agent_transport_url(self, name):
+        """Host ``name``'s agent's own broker user (``computeagent-<name>``), as seen
+        from the hosts."""
+        nodes = self.broker_nodes()
+        b = nodes[0]
+        return _cluster.transport_url(nodes, self.state["network"]["gateway"],
+                                      user=_broker.agent_user(name),
+                                      password=b["agent_users"][name])
+
+    def rabbit_ssl_options(self, from_root=True):
+        """``[oslo_messaging_rabbit]`` options of a client of the lab broker: amqps,
+        the broker certificate checked against the lab CA (inside a host: its
+        /etc/pki/CA/cacert.pem, the same CA)."""
+        b = self._broker_settings()
+        if not b.get("tls"):
+            return {}
+        ca = _broker.ca_file(b) if from_root else "/etc/pki/CA/cacert.pem"
+        return {"ssl": "true", "ssl_ca_file": ca}
+
+    def configure_messaging(self, conf):
+        """Set :meth:`rabbit_ssl_options` (root namespace) on ``conf`` (an oslo.config
+        ConfigOpts where oslo.messaging's options are or will be registered)."""
+        from oslo_messaging._drivers import impl_rabbit
+        conf.register_opts(impl_rabbit.rabbit_opts, group="oslo_messaging_rabbit")
+        for k, v in self.rabbit_ssl_options(from_root=True).items():
+            conf.set_override(k, v, group="oslo_messaging_rabbit")
     # ------------------------------------------------------------------------ up ---
     def _keep(self, proc):
         if proc is not None:
@@ -203,17 +239,22 @@ class Lab(HostsMixin, AgentsMixin, NetworkMixin, BrokerMixin, ImageServerMixin):
                 del self._procs[pid]
 
     def up(self, hosts=2, agents=True, extra_conf=None, timeout=120.0,
-           keep_on_failure=False):
+           keep_on_failure=False, broker_nodes=1):
         """Bring the lab up with ``hosts`` hypervisors (hosta, hostb, ...) and, when
         ``agents``, their agents.  Idempotent: a lab that is up and healthy with that
         many hosts is left alone (only missing agents are started); a stale or
-        different one is torn down first.  Returns the state (lab.json)."""
+        different one is torn down first.  ``broker_nodes`` > 1: a RabbitMQ cluster
+        of that many nodes (computeagent.lab.cluster).  Returns the state (lab.json)."""
         if not 1 <= hosts <= MAX_HOSTS:
             raise LabError(f"hosts must be 1..{MAX_HOSTS}")
         with self._locked():
             st = self.state
             if (st.get("state") == "up" and len(st.get("hosts") or {}) == hosts
                     and (extra_conf is None or extra_conf == st.get("extra_conf"))
+                    and 1 + len(st.get("broker_nodes") or []) == broker_nodes
+                    # a lab made before the broker's TLS and per-agent users: rebuild
+                    and (st.get("broker") or {}).get("tls")
+                    and "agent_users" in (st.get("broker") or {})
                     and self.status()["healthy"]):
                 LOG.info("lab already up and healthy")
                 if agents:
@@ -228,7 +269,7 @@ class Lab(HostsMixin, AgentsMixin, NetworkMixin, BrokerMixin, ImageServerMixin):
                                f"first: computeagent-lab --lab-dir {other} down")
             self._down_locked(purge=False)
             try:
-                self._up_locked(hosts, agents, extra_conf, timeout)
+                self._up_locked(hosts, agents, extra_conf, timeout, broker_nodes)
             except BaseException:
                 self.state["state"] = "failed"
                 self._save()
@@ -266,7 +307,7 @@ class Lab(HostsMixin, AgentsMixin, NetworkMixin, BrokerMixin, ImageServerMixin):
         os.replace(tmp, out)
         return out
 
-    def _new_state(self, hosts, extra_conf, prefix):
+    def _new_state(self, hosts, extra_conf, prefix, broker_nodes=1):
         labdir = self.lab_dir
         gateway = f"{prefix}.1"
         names = [host_name(i) for i in range(1, hosts + 1)]
@@ -274,7 +315,8 @@ class Lab(HostsMixin, AgentsMixin, NetworkMixin, BrokerMixin, ImageServerMixin):
         b = _broker.default_settings(bdir, ["127.0.0.1", gateway], port=BROKER_PORT,
                                      dist_port=BROKER_DIST_PORT,
                                      epmd_port=BROKER_EPMD_PORT, node=BROKER_NODE,
-                                     user=BROKER_USER)
+                                     user=BROKER_USER, ca_dir=self.pki_ca_dir(),
+                                     agent_users={n: secrets.token_hex(12) for n in names})
         b["transport_url"] = _broker.transport_url(b, "127.0.0.1")
         b["transport_url_hosts"] = _broker.transport_url(b, gateway)
         host_entries = {}
@@ -293,7 +335,7 @@ class Lab(HostsMixin, AgentsMixin, NetworkMixin, BrokerMixin, ImageServerMixin):
                 "libvirt_socket": sock,
                 "libvirt_uri": f"qemu+unix:///system?socket={sock}",
                 "libvirt_uri_in_host": "qemu:///system",
-                "migration_uri": f"qemu+tcp://{name}/system",
+                "migration_uri": f"qemu+tls://{name}/system",
                 "agent_dir": agent_dir,
                 "agent_config": os.path.join(agent_dir, "computeagent.conf"),
                 "agent_log": os.path.join(hd, "agent.log"),
@@ -329,6 +371,11 @@ class Lab(HostsMixin, AgentsMixin, NetworkMixin, BrokerMixin, ImageServerMixin):
             "etc_hosts": dict([(n, h["ip"]) for n, h in host_entries.items()]
                               + [("calab-broker", gateway), ("calab-images", gateway)]),
             "broker": b,
+            "broker_nodes": [_cluster.node_settings(labdir, k, ["127.0.0.1", gateway],
+                                                    password=b["password"],
+                                                    ca_dir=b["ca_dir"],
+                                                    agent_users=b["agent_users"])
+                             for k in range(2, broker_nodes + 1)],
             "images": {
                 "dir": os.path.join(labdir, "images"),
                 "bind": gateway,
@@ -346,7 +393,7 @@ class Lab(HostsMixin, AgentsMixin, NetworkMixin, BrokerMixin, ImageServerMixin):
             "timings": {},
         }
 
-    def _up_locked(self, nhosts, agents, extra_conf, timeout):
+    def _up_locked(self, nhosts, agents, extra_conf, timeout, broker_nodes=1):
         t0 = time.monotonic()
         timings = {}
 
@@ -355,7 +402,7 @@ class Lab(HostsMixin, AgentsMixin, NetworkMixin, BrokerMixin, ImageServerMixin):
             LOG.info("%-16s %6.2f s", what, timings[what])
 
         previous = self.state or {}
-        self.state = self._new_state(nhosts, extra_conf, choose_subnet())
+        self.state = self._new_state(nhosts, extra_conf, choose_subnet(), broker_nodes)
         # Keep the broker password (clients holding the transport URL keep working
         # across a down/up) and the hosts' UUIDs.
         old_b = previous.get("broker") or {}
@@ -365,6 +412,7 @@ class Lab(HostsMixin, AgentsMixin, NetworkMixin, BrokerMixin, ImageServerMixin):
             gw = self.state["network"]["gateway"]
             b["transport_url"] = _broker.transport_url(b, "127.0.0.1")
             b["transport_url_hosts"] = _broker.transport_url(b, gw)
+        self._set_broker_urls()
         for name, h in self.state["hosts"].items():
             old_h = (previous.get("hosts") or {}).get(name) or {}
             if old_h.get("host_uuid"):
@@ -374,6 +422,8 @@ class Lab(HostsMixin, AgentsMixin, NetworkMixin, BrokerMixin, ImageServerMixin):
         os.makedirs(self.lab_dir, exist_ok=True)
         shutil.rmtree(os.path.join(self.lab_dir, "hosts"), ignore_errors=True)
         shutil.rmtree(self.state["broker"]["dir"], ignore_errors=True)
+        for n in self.state["broker_nodes"]:
+            shutil.rmtree(n["dir"], ignore_errors=True)
         self._save()
         self._build_subreaper()
         mark("subreaper")
@@ -386,6 +436,8 @@ class Lab(HostsMixin, AgentsMixin, NetworkMixin, BrokerMixin, ImageServerMixin):
         b = self.state["broker"]
         _broker.start(b)
         self._keep(b.get("_proc"))
+        for proc in _cluster.start_nodes(b, self.state["broker_nodes"]):
+            self._keep(proc)
         self._save()
         self._start_image_server()
         self._save()
@@ -426,6 +478,8 @@ class Lab(HostsMixin, AgentsMixin, NetworkMixin, BrokerMixin, ImageServerMixin):
         mark("libvirtds")
 
         _broker.wait_ready(b, timeout=max(5.0, deadline - time.monotonic()))
+        _cluster.join_nodes(b, self.state["broker_nodes"],
+                            timeout=max(30.0, deadline - time.monotonic()))
         self._save()
         mark("broker ready")
         self._wait_image_server(deadline)
@@ -503,6 +557,7 @@ class Lab(HostsMixin, AgentsMixin, NetworkMixin, BrokerMixin, ImageServerMixin):
         b = st.get("broker")
         if not b:
             b = _broker.default_settings(os.path.join(self.lab_dir, "broker"), [])
+        _cluster.stop_all(b, st.get("broker_nodes") or [])
         _broker.stop(b)
         im = st.get("images") or {}
         images_ref = im.get("ref") or procutil.ref_from_pidfile(
@@ -520,7 +575,9 @@ class Lab(HostsMixin, AgentsMixin, NetworkMixin, BrokerMixin, ImageServerMixin):
         self._reap()
         # 6. state
         for h in hosts.values():
-            for k in ("init_ref", "libvirtd_ref", "agent_ref"):
+            # the namespaces are gone: their inodes will be reused (by another
+            # slot's hosts too), a later down must not kill by them
+            for k in ("init_ref", "libvirtd_ref", "agent_ref", "mnt_ns", "net_ns"):
                 h[k] = None
         if im:
             im["ref"] = None
@@ -554,6 +611,9 @@ class Lab(HostsMixin, AgentsMixin, NetworkMixin, BrokerMixin, ImageServerMixin):
                              "pid": procutil.ref_pid(b.get("beam_ref")),
                              "transport_url": b.get("transport_url")}
             ok = ok and alive and all(ports.values()) and bool(ports)
+            extra = {n["node"]: _broker.is_running(n) for n in st.get("broker_nodes") or []}
+            out["broker"]["nodes"] = extra
+            ok = ok and all(extra.values())
         else:
             ok = False
         im = st.get("images")

@@ -8,6 +8,7 @@ import signal
 from computeagent.lab import procutil
 from computeagent.lab.errors import LabError
 from computeagent.lab.layout import BRIDGE, NS_PREFIX, PREFIXLEN, SUBNET_CANDIDATES
+from computeagent.lab.layout import GUEST_BRIDGE_IP, GUEST_BRIDGE_IP6
 from computeagent.lab.util import _run
 
 
@@ -94,7 +95,10 @@ class NetworkMixin:
                     "link set lo up",
                     f"link add {net['host_bridge']} type bridge",
                     f"link set {net['host_bridge']} type bridge forward_delay 0",
-                    f"link set {net['host_bridge']} up"]
+                    f"link set {net['host_bridge']} up",
+                    # the guests' peer for real packets (issue 13)
+                    f"addr add {GUEST_BRIDGE_IP}/24 dev {net['host_bridge']}",
+                    f"addr add {GUEST_BRIDGE_IP6}/64 dev {net['host_bridge']} nodad"]
             _run(["ip", "-n", h["netns"], "-batch", "-"], input="\n".join(cmds) + "\n")
             h["net_ns"] = procutil.ns_inode(f"/run/netns/{h['netns']}")
 

@@ -1,6 +1,8 @@
 """Validation of RPC payloads at the edge. Everything the scheduler sends passes
 through here before the manager sees it; failures raise ``InvalidInput`` with a
 message that names the field."""
+import datetime
+import base64
 import ipaddress
 
 import jsonschema
@@ -53,8 +55,23 @@ NETWORK = {
                 "pattern": r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$"},
         "fixed_ips": {"type": "array", "maxItems": 64, "uniqueItems": True,
                       "items": {"type": "string", "maxLength": 45}},
+        # 1.4: the subnets of the VIF (netmask and gateway of its fixed IPs on the
+        # config drive; an address in none of them is a host address there).
+        "subnets": {"type": "array", "maxItems": 16, "items": {
+            "type": "object", "required": ["cidr"], "additionalProperties": False,
+            "properties": {"cidr": {"type": "string", "maxLength": 49},
+                           "gateway": {"type": "string", "maxLength": 45}}}},
     },
 }
+
+# 1.4: metadata keys are identifiers, values printable text (no NUL or other control
+# characters but tab and newline); they reach the guest in meta_data.json.
+METADATA = {"type": "object", "maxProperties": 128,
+            "propertyNames": {"pattern": r"^[^\x00-\x1f\x7f/\\]{1,255}$"},
+            "additionalProperties": {"type": "string", "maxLength": 4096,
+                                     "pattern": r"^[^\x00-\x08\x0b-\x1f\x7f]*$"}}
+# 1.4: user data, base64 as in nova (at most 65535 bytes once decoded).
+USER_DATA_MAX_BYTES = 65535
 
 INSTANCE = {
     "type": "object",
@@ -66,9 +83,9 @@ INSTANCE = {
         "flavor": FLAVOR,
         "image": IMAGE,
         "networks": {"type": "array", "maxItems": 16, "items": NETWORK},
-        "metadata": {"type": "object", "maxProperties": 128,
-                     "additionalProperties": {"type": "string", "maxLength": 4096},
-                     "propertyNames": {"maxLength": 255}},
+        "metadata": METADATA,
+        "config_drive": {"type": "boolean"},
+        "user_data": {"type": ["string", "null"], "maxLength": 4 * 65536 // 3 + 4},
     },
 }
 
@@ -78,7 +95,10 @@ def _check(schema, value, what):
         jsonschema.validate(value, schema)
     except jsonschema.ValidationError as e:
         where = "/".join(str(p) for p in e.absolute_path) or what
-        raise exception.InvalidInput(reason="%s: %s" % (where, e.message[:300]))
+        msg = e.message
+        if len(msg) > 200:     # a huge value: say which limit, not the value
+            msg = "value fails %s %s" % (e.validator, str(e.validator_value)[:100])
+        raise exception.InvalidInput(reason="%s: %s" % (where, msg))
 
 
 def validate_ip(address, where="address"):
@@ -127,10 +147,83 @@ def validate_instance(instance, allowed_bridges):
         macs.add(net["mac"])
         net["fixed_ips"] = [validate_ip(a, "%s/fixed_ips/%d" % (where, j))
                             for j, a in enumerate(net["fixed_ips"])]
+        if "subnets" in net:
+            net["subnets"] = [validate_subnet(sn, "%s/subnets/%d" % (where, j))
+                              for j, sn in enumerate(net["subnets"])]
         nets.append(net)
     inst["networks"] = nets
     inst["metadata"] = dict(inst.get("metadata") or {})
+    if inst.get("user_data") is not None:
+        decode_user_data(inst["user_data"])
+    if inst.get("user_data") is not None and not inst.get("config_drive", True):
+        raise exception.InvalidInput(reason="user_data needs config_drive")
     return inst
+
+
+MAX_CACHE_IMAGES = 64
+
+
+def validate_image(image, where="image"):
+    """Validate an image dict (as in spawn); return a normalised copy."""
+    _check(IMAGE, image, where)
+    img = dict(image)
+    if len(img["hash"]) != _HEX[img["hash_algo"]]:
+        raise exception.InvalidInput(reason="%s/hash: wrong length for %s"
+                                     % (where, img["hash_algo"]))
+    img["hash"] = img["hash"].lower()
+    return img
+
+
+def validate_cache_images(images, pin_until=None):
+    """cache_images payload -> (list of normalised images, naive UTC datetime or
+    None). Duplicate image ids are refused (one download per image)."""
+    if not isinstance(images, list) or not 1 <= len(images) <= MAX_CACHE_IMAGES:
+        raise exception.InvalidInput(
+            reason="images must be a list of 1-%d images" % MAX_CACHE_IMAGES)
+    out, seen = [], set()
+    for i, image in enumerate(images):
+        img = validate_image(image, "images/%d" % i)
+        if img["id"] in seen:
+            raise exception.InvalidInput(reason="images/%d: duplicate image id" % i)
+        seen.add(img["id"])
+        out.append(img)
+    pin = None
+    if pin_until is not None:
+        try:
+            if not isinstance(pin_until, str) or not pin_until.endswith("Z"):
+                raise ValueError
+            pin = datetime.datetime.strptime(pin_until, "%Y-%m-%dT%H:%M:%SZ")
+        except ValueError:
+            raise exception.InvalidInput(
+                reason="pin_until must be a UTC time YYYY-MM-DDTHH:MM:SSZ, not %r"
+                % (str(pin_until)[:40],))
+    return out, pin
+def validate_subnet(subnet, where="subnet"):
+    try:
+        net = ipaddress.ip_network(subnet["cidr"])
+    except ValueError:
+        raise exception.InvalidInput(reason="%s/cidr: %r is not a network address"
+                                     % (where, subnet["cidr"][:64]))
+    out = {"cidr": str(net)}
+    if subnet.get("gateway") is not None:
+        gw = ipaddress.ip_address(validate_ip(subnet["gateway"], where + "/gateway"))
+        if gw not in net:
+            raise exception.InvalidInput(reason="%s/gateway: %s is not in %s"
+                                         % (where, gw, net))
+        out["gateway"] = str(gw)
+    return out
+
+
+def decode_user_data(text):
+    """The bytes of base64 ``user_data`` (strict alphabet, at most 65535 bytes)."""
+    try:
+        data = base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError):
+        raise exception.InvalidInput(reason="user_data: not valid base64")
+    if len(data) > USER_DATA_MAX_BYTES:
+        raise exception.InvalidInput(reason="user_data: %d bytes decoded, at most %d"
+                                     % (len(data), USER_DATA_MAX_BYTES))
+    return data
 
 
 def validate_flavor(flavor):
@@ -148,6 +241,16 @@ def migration_id(value):
         raise exception.InvalidInput(
             reason="migration_id must be 1-64 characters of [A-Za-z0-9._-]")
     return value
+
+
+def host_names(values, what="hosts", max_items=16):
+    """None or a list of host names -> list."""
+    if values is None:
+        return []
+    if not isinstance(values, list) or len(values) > max_items:
+        raise exception.InvalidInput(reason="%s must be a list of at most %d host "
+                                            "names" % (what, max_items))
+    return [host_name(v, "%s/%d" % (what, i)) for i, v in enumerate(values)]
 
 
 def host_name(value, what="dest_host"):

@@ -6,6 +6,8 @@ values, which ElementTree escapes.
 import json
 import xml.etree.ElementTree as ET
 
+from computeagent import utils
+
 META_NS = "urn:computeagent:instance:1"
 ET.register_namespace("ca", META_NS)
 
@@ -38,9 +40,28 @@ def interface_xml(vif, nwfilter="clean-traffic"):
     return ET.tostring(interface_element(vif, nwfilter), encoding="unicode")
 
 
+CONFIG_DRIVE_TARGET = "sda"
+
+
+def config_drive_element(path):
+    """The config drive: a read-only SCSI cdrom (on the virtio-scsi controller) whose
+    medium is ``path``; ``path=None`` is the empty tray (an eject)."""
+    disk = ET.Element("disk", {"type": "file", "device": "cdrom"})
+    _sub(disk, "driver", name="qemu", type="raw")
+    if path:
+        _sub(disk, "source", file=path)
+    _sub(disk, "target", dev=CONFIG_DRIVE_TARGET, bus="scsi")
+    _sub(disk, "readonly")
+    return disk
+
+
+def config_drive_xml(path):
+    return ET.tostring(config_drive_element(path), encoding="unicode")
+
+
 def build_domain_xml(instance, disk_path, virt_type="kvm", console_log=None,
                      kernel=None, initrd=None, cmdline=None,
-                     nwfilter="clean-traffic", host=None):
+                     nwfilter="clean-traffic", host=None, config_drive=None):
     """Return the persistent domain XML for ``instance`` (a dict as stored)."""
     flavor = instance["flavor"]
     dom = ET.Element("domain", {"type": virt_type})
@@ -51,7 +72,9 @@ def build_domain_xml(instance, disk_path, virt_type="kvm", console_log=None,
     _sub(ca, "{%s}name" % META_NS, instance["name"])
     _sub(ca, "{%s}owner-host" % META_NS, host or "")
     _sub(ca, "{%s}flavor" % META_NS, json.dumps(flavor, sort_keys=True))
-    _sub(ca, "{%s}image" % META_NS, json.dumps(instance.get("image", {}), sort_keys=True))
+    # never the URL's credentials: the domain XML is readable by every libvirt client
+    _sub(ca, "{%s}image" % META_NS, json.dumps(utils.public_image(
+        instance.get("image", {})), sort_keys=True))
     _sub(ca, "{%s}networks" % META_NS, json.dumps(instance.get("networks", []),
                                                    sort_keys=True))
     _sub(ca, "{%s}metadata" % META_NS, json.dumps(instance.get("metadata", {}),
@@ -81,6 +104,9 @@ def build_domain_xml(instance, disk_path, virt_type="kvm", console_log=None,
     _sub(disk, "driver", name="qemu", type="qcow2", cache="none")
     _sub(disk, "source", file=disk_path)
     _sub(disk, "target", dev="vda", bus="virtio")
+    if config_drive:
+        _sub(devices, "controller", type="scsi", index="0", model="virtio-scsi")
+        devices.append(config_drive_element(config_drive))
     for vif in instance.get("networks", []):
         devices.append(interface_element(vif, nwfilter))
     if console_log:
@@ -102,6 +128,8 @@ def parse_domain(xml):
     src = root.find("./devices/disk[@device='disk']/source")
     if src is not None:
         out["disk_path"] = src.get("file")
+    cd = root.find("./devices/disk[@device='cdrom']/source")
+    out["config_drive"] = cd.get("file") if cd is not None else None
     for iface in root.findall("./devices/interface"):
         mac = iface.find("mac")
         ref = iface.find("filterref")

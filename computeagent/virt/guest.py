@@ -4,27 +4,37 @@ import time
 
 import libvirt
 
-from computeagent import states
+from computeagent.virt import power_state as ps
 
 LOG = logging.getLogger(__name__)
 
 _POWER = {
-    libvirt.VIR_DOMAIN_NOSTATE: states.POWER_NOSTATE,
-    libvirt.VIR_DOMAIN_RUNNING: states.POWER_RUNNING,
-    libvirt.VIR_DOMAIN_BLOCKED: states.POWER_RUNNING,
-    libvirt.VIR_DOMAIN_PAUSED: states.POWER_PAUSED,
-    libvirt.VIR_DOMAIN_SHUTDOWN: states.POWER_RUNNING,   # still shutting down
-    libvirt.VIR_DOMAIN_SHUTOFF: states.POWER_SHUTDOWN,
-    libvirt.VIR_DOMAIN_CRASHED: states.POWER_CRASHED,
-    libvirt.VIR_DOMAIN_PMSUSPENDED: states.POWER_SUSPENDED,
+    libvirt.VIR_DOMAIN_NOSTATE: ps.NOSTATE,
+    libvirt.VIR_DOMAIN_RUNNING: ps.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: ps.RUNNING,
+    libvirt.VIR_DOMAIN_PAUSED: ps.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: ps.RUNNING,   # still shutting down
+    libvirt.VIR_DOMAIN_SHUTOFF: ps.SHUTDOWN,
+    libvirt.VIR_DOMAIN_CRASHED: ps.CRASHED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: ps.SUSPENDED,
 }
 
 
 def power_state(dom):
     if dom is None:
-        return states.POWER_SHUTDOWN
+        return ps.SHUTDOWN
     state, _reason = dom.state()
-    return _POWER.get(state, states.POWER_NOSTATE)
+    return _POWER.get(state, ps.NOSTATE)
+
+
+def power_state_if_exists(dom):
+    """:func:`power_state`, or None when the domain is gone since it was looked up."""
+    try:
+        return power_state(dom)
+    except libvirt.libvirtError as e:
+        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise
 
 
 def is_running(dom):
@@ -100,5 +110,39 @@ def update_interface(dom, iface_xml):
     dom.updateDeviceFlags(iface_xml, flags)
 
 
+def change_media(dom, eject_xml, insert_xml):
+    """Swap a cdrom's medium on a running guest: eject (the guest sees the tray open
+    and the medium go), then insert the new one, live and in the persistent
+    definition. Two updates because libvirt ignores an update whose source path is
+    unchanged, and the config drive keeps its path."""
+    flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+    if dom.isActive():
+        flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+        dom.updateDeviceFlags(eject_xml, flags | libvirt.VIR_DOMAIN_DEVICE_MODIFY_FORCE)
+    dom.updateDeviceFlags(insert_xml, flags)
+
+
 def xml(dom, inactive=False):
     return dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0)
+
+
+def remote_power_state(uri, uuid):
+    """Power state of ``uuid`` on the libvirtd at ``uri`` (None: no such domain)."""
+    from computeagent import exception
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError as e:
+        raise exception.HypervisorUnavailable(reason="%s: %s" % (uri, e))
+    try:
+        try:
+            dom = conn.lookupByUUIDString(uuid)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise exception.HypervisorUnavailable(reason="%s: %s" % (uri, e))
+        return power_state(dom)
+    finally:
+        try:
+            conn.close()
+        except libvirt.libvirtError:
+            pass

@@ -3,6 +3,7 @@ between hosts): a directory storage pool on the peer's path, then
 ``virStorageVolDownload`` / ``virStorageVolUpload`` through a libvirt stream."""
 import logging
 import os
+import time
 import xml.etree.ElementTree as ET
 
 import libvirt
@@ -51,8 +52,15 @@ def _run_stream(stream, transfer, handler):
         raise
 
 
-def download(peer_uri, remote_dir, name, fileobj, chunk_cb=None):
-    """Stream ``remote_dir/name`` from the peer's libvirtd into ``fileobj``.
+class TransferLimit(Exception):
+    """A stream from a peer passed its byte cap or its deadline."""
+
+
+def download(peer_uri, remote_dir, name, fileobj, chunk_cb=None, max_bytes=None,
+             deadline=None):
+    """Stream ``remote_dir/name`` from the peer's libvirtd into ``fileobj``: at most
+    ``max_bytes`` and until ``deadline`` (time.monotonic()), else the stream is
+    aborted and TransferLimit raised (a peer is untrusted: it may send forever).
 
     Returns the number of bytes received.
     """
@@ -64,6 +72,12 @@ def download(peer_uri, remote_dir, name, fileobj, chunk_cb=None):
         received = [0]
 
         def sink(_stream, data, _opaque):
+            if max_bytes is not None and received[0] + len(data) > max_bytes:
+                raise TransferLimit("%s/%s: the peer sent more than %d bytes"
+                                    % (remote_dir, name, max_bytes))
+            if deadline is not None and time.monotonic() > deadline:
+                raise TransferLimit("%s/%s: not received before the deadline"
+                                    % (remote_dir, name))
             fileobj.write(data)
             received[0] += len(data)
             if chunk_cb:
@@ -109,4 +123,43 @@ def upload(peer_uri, remote_dir, name, src_path, capacity=None, progress_cb=None
             pool.destroy()      # transient pool: gone once the copy is done
         except (libvirt.libvirtError, UnboundLocalError):
             pass
+        conn.close()
+
+
+def fetch_small_file(peer_uri, remote_dir, name, fileobj, max_bytes):
+    """Like :func:`download` for one small file (a config drive): refuses a volume
+    larger than ``max_bytes`` before reading it, and removes the transient pool."""
+    conn = libvirt.open(peer_uri)
+    pool = None
+    try:
+        pool = _ensure_pool(conn, remote_dir)
+        try:
+            vol = pool.storageVolLookupByName(name)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                raise FileNotFoundError("%s/%s not on the peer" % (remote_dir, name))
+            raise
+        size = vol.info()[1]
+        if size > max_bytes:
+            raise ValueError("%s/%s on the peer is %d bytes (at most %d)"
+                             % (remote_dir, name, size, max_bytes))
+        stream = conn.newStream(0)
+        got = [0]
+
+        def sink(_stream, data, _opaque):
+            got[0] += len(data)
+            if got[0] > max_bytes:
+                raise ValueError("%s/%s grew past %d bytes" % (remote_dir, name, max_bytes))
+            fileobj.write(data)
+            return len(data)
+
+        vol.download(stream, 0, 0, 0)
+        _run_stream(stream, stream.recvAll, sink)
+        return got[0]
+    finally:
+        if pool is not None:
+            try:
+                pool.destroy()
+            except libvirt.libvirtError:
+                pass
         conn.close()

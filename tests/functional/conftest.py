@@ -14,6 +14,16 @@ import uuid as uuidlib
 
 import pytest
 
+# Debian 12's QEMU (7.2) loses a few guest writes in every live migration of a TCG
+# guest (its fast dirty-bitmap sync leaves TCG's TLB stale; fixed upstream in 9.0 by
+# 03bfc2188f; tools/probe_tcg_migration.py measures it, docs/faults.md). The lab has
+# no KVM, so a migrated guest's kernel now and then crashes on a lost write. A test
+# that live-migrates gets one more run when, and only when, it failed on such a
+# crash (GuestPanic: the guest's console shows a panic, oops, BUG or lockup, or
+# GuestSilent: it printed nothing at all, a hung guest); any
+# other failure, or the same crash twice, fails it. The rerun shows in the summary.
+TCG_LIVE_MIGRATION = pytest.mark.flaky(reruns=1, only_rerun=["GuestPanic", "GuestSilent"])
+
 REQUIRED_BINARIES = ["libvirtd", "virsh", "qemu-system-x86_64", "qemu-img",
                      "rabbitmq-server", "rabbitmqctl", "ebtables", "ip", "nsenter",
                      "unshare", "gcc"]
@@ -22,6 +32,7 @@ AGENT_EXTRA_CONF = {
     "libvirt": {"shutdown_timeout": "1"},
     "migration": {"resize_finish_timeout": "20"},
     "network": {"allowed_bridges": "br-lab"},
+    "metrics": {"port": "9185"},   # on each host's loopback (its own namespace)
 }
 
 
@@ -62,7 +73,10 @@ def lab(guest_artifacts):
                             initrd_path=guest_artifacts.initrd,
                             kernel_cmdline=guest_artifacts.cmdline)
     lab = labmod.Lab()
-    lab.up(hosts=2, agents=True, extra_conf=extra)
+    # hostc: image pre-cache tests; COMPUTEAGENT_LAB_BROKER_NODES=3: the whole
+    # session on a 3-node RabbitMQ cluster
+    lab.up(hosts=3, agents=True, extra_conf=extra,
+           broker_nodes=int(os.environ.get("COMPUTEAGENT_LAB_BROKER_NODES") or 1))
     try:
         yield lab
     finally:
@@ -110,6 +124,7 @@ def transport(lab):
     from oslo_config import cfg
     from computeagent.rpc import api
     cfg.CONF([], project="computeagent", default_config_files=[])
+    lab.configure_messaging(cfg.CONF)   # amqps, the lab CA
     return api.get_transport(cfg.CONF, url=lab.transport_url(from_root=True))
 
 

@@ -117,6 +117,40 @@ def test_wait_for_check_stops_on_panic(tmp_path):
         guest.wait_for_check(source, after_n=0, timeout=5)
 
 
+@pytest.mark.parametrize("crash", [
+    "[    6.302265] list_add corruption. prev->next should be next (ffff8a69), but was 0",
+    "[    6.304557] BUG: unable to handle page fault for address: 0000000000000008",
+    "[   71.104350] watchdog: BUG: soft lockup - CPU#0 stuck for 71s! [init:1]",
+    "[    6.306259] ---[ end trace 0000000000000000 ]---",
+])
+def test_wait_for_check_stops_on_a_kernel_crash_with_its_report(tmp_path, crash):
+    """An oops without a panic (what the guest printed after a lossy TCG migration in
+    the suite) ends the wait at once, report included, instead of after the timeout."""
+    log = tmp_path / "console.log"
+    log.write_text("GUESTCHECK 1 OK\n")
+    t0 = time.monotonic()
+    with open(log, "a") as f:
+        f.write(crash + "\n[    6.3] RIP: 0010:rcu_note_context_switch+0x4ee/0x650\n")
+    with pytest.raises(guest.GuestPanic) as err:
+        guest.wait_for_check(str(log), after_n=1, timeout=30)
+    assert time.monotonic() - t0 < 10
+    assert crash.split("] ", 1)[1] in str(err.value) and "RIP: 0010" in str(err.value)
+
+
+def test_wait_for_check_on_a_silent_console_says_the_guest_is_silent(tmp_path):
+    log = tmp_path / "console.log"
+    log.write_text("")
+    with pytest.raises(guest.GuestPanic, match="no output at all"):
+        guest.wait_for_check(str(log), after_n=0, timeout=0.5, poll=0.05)
+
+
+def test_wait_for_check_ignores_ordinary_kernel_lines(tmp_path):
+    log = tmp_path / "console.log"
+    log.write_text("[    0.1] Bugs fixed: none\n[    2.0] EXT4-fs (vda): mounted\n"
+                   "GUESTCHECK 1 OK\n")
+    assert guest.wait_for_check(str(log), after_n=0, timeout=5).ok
+
+
 # ----------------------------------------------------------------- the real guest
 
 @pytest.mark.realstack

@@ -23,6 +23,8 @@ import uuid
 
 import pytest
 
+from computeagent.lab import layout
+
 pytestmark = pytest.mark.realstack
 
 BINARIES = ["libvirtd", "virsh", "qemu-system-x86_64", "ip", "nsenter", "unshare",
@@ -80,9 +82,11 @@ def _amqp_url(transport_url):
     return "amqp://" + transport_url.split("://", 1)[1]
 
 
-def _kombu_login(url):
+def _kombu_login(url, lab=None):
     import kombu
-    conn = kombu.Connection(_amqp_url(url), connect_timeout=5)
+    ssl = lab.rabbit_ssl_options() if lab else {}
+    conn = kombu.Connection(_amqp_url(url), connect_timeout=5,
+                            ssl={"ca_certs": ssl["ssl_ca_file"], "cert_reqs": 2} if ssl else False)
     try:
         conn.connect()
         return conn.connected
@@ -161,21 +165,21 @@ def test_up_status_and_layout(smoke_lab):
     st = lab.load()
     assert st["state"] == "up"
     net = st["network"]
-    assert net["bridge"] == "calab0" and net["gateway"] == net["prefix"] + ".1"
+    assert net["bridge"] == layout.BRIDGE and net["gateway"] == net["prefix"] + ".1"
     assert lab.host_ip("hosta") == net["prefix"] + ".11"
     assert lab.host_ip("hostb") == net["prefix"] + ".12"
     uuids = {st["hosts"][n]["host_uuid"] for n in lab.host_names}
     assert len(uuids) == 2
     for name in lab.host_names:
         h = st["hosts"][name]
-        assert h["netns"] == "calab-" + name
+        assert h["netns"] == layout.NS_PREFIX + name
         assert os.path.exists("/run/netns/" + h["netns"])
         assert os.path.isdir(h["instances_dir"]) and os.path.isdir(h["state_dir"])
         assert os.path.isfile(h["agent_config"])
         assert h["init_ref"]["pid"] and status["hosts"][name]["libvirtd_pid"]
-    assert lab.transport_url(from_root=True).endswith("@127.0.0.1:5673/")
-    assert lab.transport_url(from_root=False).endswith("@%s:5673/" % net["gateway"])
-    assert lab.image_url("x.raw") == "http://%s:8090/x.raw" % net["gateway"]
+    assert lab.transport_url(from_root=True).endswith("@127.0.0.1:%d/" % layout.BROKER_PORT)
+    assert lab.transport_url(from_root=False).endswith("@%s:%d/" % (net["gateway"], layout.BROKER_PORT))
+    assert lab.image_url("x.raw") == "http://%s:%d/x.raw" % (net["gateway"], layout.IMAGE_PORT)
     assert lab.smoke_up_seconds < UP_BUDGET_S
 
 
@@ -222,7 +226,7 @@ def test_each_host_has_its_own_view(smoke_lab):
                         check=False)
     assert res.returncode == 1
     os.unlink(os.path.join(lab.host("hosta")["instances_dir"], marker))
-    # TCP between hosts, by name (hosta's /etc/hosts)
+    # TLS between hosts (the lab's certificates), by name (hosta's /etc/hosts)
     lab.host_exec("hosta", ["virsh", "-c", lab.migration_uri("hostb"), "version"])
 
 
@@ -231,8 +235,8 @@ def test_live_migration_between_hosts(smoke_lab, bios_domain):
     lab = smoke_lab
     name = bios_domain("hosta")
     t0 = time.monotonic()
-    lab.host_exec("hosta", ["virsh", "migrate", "--live", "--p2p", name,
-                            "qemu+tcp://hostb/system"])
+    lab.host_exec("hosta", ["virsh", "migrate", "--live", "--p2p", "--tls", name,
+                            lab.migration_uri("hostb")])
     elapsed = time.monotonic() - t0
     dst = lab.libvirt_connect("hostb")
     src = lab.libvirt_connect("hosta")
@@ -260,7 +264,7 @@ def test_image_server_from_a_host(smoke_lab):
         assert digest == hashlib.sha256(payload).hexdigest()
         size = lab.host_exec("hostb", ["curl", "-sSf", "-m", "10", "-o", "/dev/null", "-w",
                                        "%{size_download}",
-                                       "http://calab-images:8090/" + fname]).stdout
+                                       "http://calab-images:%d/" % layout.IMAGE_PORT + fname]).stdout
         assert int(size) == len(payload)
         head = lab.host_exec("hostb", ["curl", "-sSfI", "-m", "10", lab.image_url(fname)]).stdout
         assert "Content-Length: %d" % len(payload) in head
@@ -280,12 +284,15 @@ def test_image_server_from_a_host(smoke_lab):
 
 def test_broker_from_a_host_and_from_root(smoke_lab):
     lab = smoke_lab
-    assert _kombu_login(lab.transport_url(from_root=True))
+    assert _kombu_login(lab.transport_url(from_root=True), lab)
+    # from a host: its agent's own user, amqps checked against the host's CA copy
     code = ("import kombu, sys\n"
-            "c = kombu.Connection(sys.argv[1], connect_timeout=5)\n"
+            "c = kombu.Connection(sys.argv[1], connect_timeout=5,\n"
+            "                     ssl={'ca_certs': sys.argv[2], 'cert_reqs': 2})\n"
             "c.connect(); print('connected' if c.connected else 'no'); c.release()\n")
+    ca = lab.rabbit_ssl_options(from_root=False).get("ssl_ca_file", "")
     out = lab.host_exec("hosta", [sys.executable, "-c", code,
-                                  _amqp_url(lab.transport_url(from_root=False))],
+                                  _amqp_url(lab.agent_transport_url("hosta")), ca],
                         timeout=60).stdout
     assert out.strip() == "connected"
 
@@ -319,7 +326,7 @@ def test_restart_broker(smoke_lab):
     lab.restart_broker()
     new = lab.status()["broker"]["pid"]
     assert new and new != old
-    assert _kombu_login(lab.transport_url(from_root=True))
+    assert _kombu_login(lab.transport_url(from_root=True), lab)
     assert "computeagent" in lab.rabbitmqctl("list_users").stdout
     assert _port_open("127.0.0.1", 5672) == lab.smoke_other_broker
 
@@ -336,13 +343,13 @@ def test_zz_down_leaves_nothing_and_up_again(smoke_lab):
     down_s = time.monotonic() - t0
     assert down_s < DOWN_BUDGET_S
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert "calab-" not in netns
+    assert layout.NS_PREFIX not in netns
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-    assert "calab" not in links
+    assert layout.NS_PREFIX not in links and layout.BRIDGE + ":" not in links
     from computeagent.lab import procutil
     alive = [p for p in pids if procutil.pid_alive(p)]
     assert not alive, alive
-    assert not _port_open("127.0.0.1", 5673)
+    assert not _port_open("127.0.0.1", layout.BROKER_PORT)
     assert _port_open("127.0.0.1", 5672) == lab.smoke_other_broker
     status = lab.status()
     assert status["state"] == "down" and not status["healthy"]

@@ -60,6 +60,14 @@ def spawned(lab, agent, ctxt, guest_image):
             pass
 
 
+def test_agent_warns_at_start_up_that_tcg_live_migration_loses_writes(lab, agent):
+    """The lab's hosts run TCG on Debian's QEMU 7.2: the operator's log says so."""
+    with open(lab.agent_log("hosta"), errors="replace") as f:
+        text = f.read()
+    assert "virt_type=qemu (TCG) on QEMU 7.2" in text
+    assert "a live migration can lose guest writes" in text
+
+
 def test_spawn_active_chain_and_every_fixed_ip(lab, agent, ctxt, spawned, guest_image):
     ips = ["10.0.0.5", "10.0.0.6", "10.0.0.7"]
     inst = spawned(name="spawn <&> test", ips=ips)

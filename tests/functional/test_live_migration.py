@@ -8,11 +8,11 @@ import pytest
 
 from computeagent import exception
 from computeagent.lab import guest
-from tests.functional.conftest import (delete_everywhere, gone, backing_chain, host_file_text, host_run,
+from tests.functional.conftest import (TCG_LIVE_MIGRATION, delete_everywhere, gone, backing_chain, host_file_text, host_run,
                                        make_instance, publish_image, virsh, wait_for,
                                        wait_state)
 
-pytestmark = pytest.mark.realstack
+pytestmark = [pytest.mark.realstack, TCG_LIVE_MIGRATION]
 
 A, B = "hosta", "hostb"
 INSTANCES = "/var/lib/computeagent/instances"
@@ -93,7 +93,7 @@ def test_a_to_b_to_a_to_b_precaches_base_and_keeps_data(lab, agent, ctxt,
         assert mig["status"] == "completed", mig
         assert mig["progress"] == 100 and mig["data_total"] > 0
         # only the overlay crossed, and what we wrote into it is counted
-        assert 512 * 1024 <= mig["disk_processed"] < guest_image_size(lab, fname) // 4, mig
+        assert 512 * 1024 <= mig["disk_processed"] < guest_image_size(lab, fname) // 4, dict(mig)
         assert lab.image_get_count(fname) == 1
         got = wait_state(agent, ctxt, B, uuid, "ACTIVE")
         chain = backing_chain(lab, B, "%s/%s/disk" % (INSTANCES, uuid))
@@ -174,8 +174,8 @@ def test_base_pulled_from_source_when_image_isgone(lab, agent, ctxt, guest_artif
         os.unlink(os.path.join(lab.image_dir, os.path.basename(img["url"])))
         mig = migrate(agent, ctxt, A, uuid, B)
         assert mig["status"] == "completed", mig
-        assert mig["extra"]["dest_prepare"]["base_from"] == "source-host"
-        assert mig["extra"]["dest_prepare"]["base_digest"] == img["hash"]
+        assert mig["dest_prepare"]["base_from"] == "source-host"
+        assert mig["dest_prepare"]["base_digest"] == img["hash"]
         wait_state(agent, ctxt, B, uuid, "ACTIVE")
         assert guest.wait_for_check(console(lab, B, uuid), timeout=90).ok
     finally:
@@ -271,13 +271,16 @@ def test_duplicate_live_migrate_cast_is_one_migration(lab, agent, ctxt, guest_im
 
 
 def test_tls_required_but_unavailable_fails_closed(lab, agent, ctxt, guest_image):
-    """[migration] tls = true and no TLS in the lab's libvirtd: the migration must
+    """[migration] tls = true (the default) and the destination's QEMU has no TLS
+    certificates (its qemu.conf points at an empty directory): the migration must
     fail, never fall back to plain TCP; the guest stays on the source."""
     inst = spawn_on(agent, ctxt, A, guest_image)
     uuid = inst["uuid"]
-    lab.stop_agent(A)
-    lab.start_agent(A, extra_conf={"migration": {"tls": "true"}})
+    os.makedirs(os.path.join(lab.host_dir(B), "etc/pki/qemu-empty"), exist_ok=True)
     try:
+        for key in ("default_tls_x509_cert_dir", "migrate_tls_x509_cert_dir"):
+            lab.set_qemu_conf(B, key, '"/etc/pki/qemu-empty"', restart=False)
+        lab.restart_libvirtd(B)
         mig = migrate(agent, ctxt, A, uuid, B)
         assert mig["status"] == "failed", mig
         got = wait_state(agent, ctxt, A, uuid, "ACTIVE")
@@ -285,6 +288,7 @@ def test_tls_required_but_unavailable_fails_closed(lab, agent, ctxt, guest_image
         assert gone(agent, ctxt, B, uuid)
         assert uuid not in host_run(lab, B, ["ls", INSTANCES]).split()
     finally:
-        lab.stop_agent(A)
-        lab.start_agent(A, extra_conf={})
+        for key in ("default_tls_x509_cert_dir", "migrate_tls_x509_cert_dir"):
+            lab.set_qemu_conf(B, key, '"/etc/pki/qemu"', restart=False)
+        lab.restart_libvirtd(B)
         cleanup(agent, ctxt, uuid)

@@ -209,3 +209,93 @@ def test_shrink_refused_before_anything(agent_env):
     got = state_of(client, inst["uuid"])
     assert got["state"] == "ACTIVE" and got["task_state"] is None
     assert got["disk"]["virtual_size"] == 2 * 1024 ** 3
+
+
+FAIL_AT = {
+    # step -> (object path on the service, attribute) that raises there
+    "preparing": ("manager.image_cache", "ensure"),
+    "powering-off": ("manager.driver", "power_off"),
+    "copying": ("module:shutil", "copyfile"),
+    "finishing-grow": ("module:qemu_img", "resize"),
+    "finishing-start": ("manager.driver", "define_and_start"),
+}
+
+
+@pytest.mark.parametrize("step", sorted(FAIL_AT))
+def test_same_host_resize_failure_path_at_every_step(agent_env, monkeypatch, step):
+    """One failure path: whatever step fails, the resize ends failed/rolled-back and
+    the guest is back, running, with its old flavor and disk; nothing set aside."""
+    from computeagent.compute import resize as resize_mod
+    svc, client, image, tmp = agent_env
+    inst = inst_payload(image)
+    client.spawn({}, "fakehost", inst)
+    wait(lambda: (state_of(client, inst["uuid"]) or {}).get("state") == "ACTIVE")
+    where, attr = FAIL_AT[step]
+    if where.startswith("module:"):
+        target = getattr(resize_mod, where.split(":", 1)[1])
+    else:
+        target = svc
+        for part in where.split("."):
+            target = getattr(target, part)
+
+    def boom(*a, **kw):
+        raise RuntimeError("injected failure at %s" % step)
+    monkeypatch.setattr(target, attr, boom)
+    mid = "rz-" + uuidlib.uuid4().hex[:8]
+    client.resize({}, "fakehost", inst["uuid"], "fakehost",
+                  {"name": "big", "vcpus": 2, "memory_mb": 128, "root_gb": 2}, mid)
+    mig = wait(lambda: (lambda m: m if m and m["status"] in ("failed", "verify-resize")
+                        else None)(_mig(client, mid)))
+    assert mig["status"] == "failed" and mig["step"] == "rolled-back", mig
+    assert "injected failure" in mig["error"]
+    got = wait(lambda: (lambda i: i if i and i["task_state"] is None else None)(
+        state_of(client, inst["uuid"])))
+    assert got["state"] == "ACTIVE" and got["flavor"] == inst["flavor"], got
+    assert got["power_state"] == "RUNNING"
+    assert got["disk"]["virtual_size"] == 1024 ** 3
+    assert not (tmp / "inst" / (inst["uuid"] + "_resize")).exists()
+
+
+def test_confirm_that_fails_is_resumed_not_lost(agent_env, monkeypatch):
+    """A confirm whose clean-up fails stays ``confirming`` with the error recorded
+    (never half-confirmed, never reverted behind it) and the periodic task finishes
+    it once the fault is gone."""
+    from computeagent.compute import resize as resize_mod
+    svc, client, image, tmp = agent_env
+    inst, mid = _resized(svc, client, image, tmp,
+                         {"name": "big", "vcpus": 1, "memory_mb": 64, "root_gb": 1})
+    real = resize_mod.shutil.rmtree
+    fails = {"n": 1}
+
+    def flaky(path, *a, **kw):
+        if path.endswith("_resize") and fails["n"]:
+            fails["n"] -= 1
+            raise OSError("injected: disk busy")
+        return real(path, *a, **kw)
+    monkeypatch.setattr(resize_mod.shutil, "rmtree", flaky)
+    client.confirm_resize({}, "fakehost", inst["uuid"], mid)
+    mig = wait(lambda: (lambda m: m if m and m["error"] else None)(_mig(client, mid)))
+    assert mig["status"] == "confirming" and "disk busy" in mig["error"], mig
+    client.revert_resize({}, "fakehost", inst["uuid"], mid)     # refused: confirming
+    svc.manager.resize.auto_confirm()                            # the periodic task
+    wait(lambda: _mig(client, mid)["status"] == "confirmed")
+    assert state_of(client, inst["uuid"])["state"] == "ACTIVE"
+    assert not (tmp / "inst" / (inst["uuid"] + "_resize")).exists()
+
+
+def test_a_bug_deep_inside_is_not_called_a_malformed_message(agent_env, monkeypatch):
+    """Only arguments that do not fit the method are "malformed"; a TypeError raised
+    inside the agent is a fault reported as such."""
+    svc, client, image, tmp = agent_env
+    raw = client._prepare("fakehost", "1.0", 10)
+    with pytest.raises(exception.InvalidInput, match="malformed message"):
+        raw.call({}, "get_instance", instance_uuid=str(uuidlib.uuid4()), bogus=1)
+
+    def buggy(ctx):
+        return len(None)            # TypeError inside the agent
+    monkeypatch.setattr(svc.manager, "get_host_status", buggy)
+    # it reaches the caller as the TypeError it is (builtins pass through
+    # oslo.messaging), not as InvalidInput("malformed message")
+    with pytest.raises(TypeError, match="NoneType") as e:
+        client.get_host_status({}, "fakehost")
+    assert not isinstance(e.value, exception.InvalidInput)

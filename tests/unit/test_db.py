@@ -8,7 +8,7 @@ from computeagent.db import migration
 def test_schema_and_crud(tmp_path):
     db = db_api.Database("sqlite:///%s" % (tmp_path / "a.sqlite"))
     db.sync()
-    assert migration.db_version(db.engine) == "0002"
+    assert migration.db_version(db.engine) == "0004"
     db.sync()  # idempotent
     v = dict(uuid="u1", name="n", host="h", state="BUILDING", task_state="spawning",
              power_state="NOSTATE", flavor={}, image={}, networks=[], meta={"a": "b"})

@@ -49,3 +49,39 @@ def test_direct_kernel_boot():
     root = ET.fromstring(xml)
     assert root.findtext("./os/kernel") == "/k"
     assert root.find("./os/boot") is None
+
+
+class _VanishingDomain:
+    """A domain listed a moment ago whose job finished meanwhile (libvirt
+    undefined it at the end of a live migration)."""
+    def __init__(self, xml, gone_at):
+        self._xml, self._gone_at = xml, gone_at
+
+    def _maybe_gone(self, what):
+        import libvirt
+        if what == self._gone_at:
+            err = libvirt.libvirtError("Domain not found")
+            err.err = (libvirt.VIR_ERR_NO_DOMAIN, 0, "Domain not found", 0, "", "",
+                       "", 0, 0)
+            raise err
+
+    def XMLDesc(self, flags=0):
+        self._maybe_gone("xml")
+        return self._xml
+
+    def state(self):
+        self._maybe_gone("state")
+        return (1, 1)
+
+
+def test_managed_domains_skip_one_that_vanishes_while_listed():
+    import types
+    from computeagent.virt.driver import LibvirtDriver
+    xml = config.build_domain_xml(INST, "/i/disk", virt_type="qemu")
+    other = dict(INST, uuid="1b6b2c4e-1d5a-4b8e-9b7c-2f1e3d4c5b6a")
+    kept = config.build_domain_xml(other, "/j/disk", virt_type="qemu")
+    doms = [_VanishingDomain(xml, "state"), _VanishingDomain(xml, "xml"),
+            _VanishingDomain(kept, None)]
+    fake = types.SimpleNamespace(host=types.SimpleNamespace(list_domains=lambda: doms))
+    got = LibvirtDriver.list_managed_domains(fake)
+    assert list(got) == [other["uuid"]]

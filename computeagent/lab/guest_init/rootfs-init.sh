@@ -29,6 +29,9 @@ centis() {
     echo "${u:-0}"
 }
 
+# The network from the config drive, when there is one (issue 13; see guest-net).
+[ -x /sbin/guest-net ] && /sbin/guest-net &
+
 manifest=/etc/manifest.sha256
 n=0
 while :; do

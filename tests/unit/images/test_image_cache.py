@@ -51,7 +51,9 @@ def test_ensure_good_images_and_sidecar(env, cache, http_server):
         assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", info.downloaded_at)
         with open(expected_path, "rb") as f:
             assert f.read() == body
-        assert stat.S_IMODE(os.stat(expected_path).st_mode) == 0o644
+        assert stat.S_IMODE(os.stat(expected_path).st_mode) == 0o644   # QEMU reads it
+        # the sidecar (digest, source, pin) is the agent's own: 0600
+        assert stat.S_IMODE(os.stat(expected_path + ".info").st_mode) == 0o600
         with open(expected_path + ".info") as f:
             side = json.load(f)
         assert side == {

@@ -218,3 +218,81 @@ def test_declared_hash_validated(env, http_server, algo, digest):
         fetch.fetch(url, io.BytesIO(), image_id="img-1", size=len(BODY),
                     hash_algo=algo, expected_hash=digest)
     assert http_server.count("/img") == 0
+
+
+def _mixed_body():
+    """Several pipeline buffers: data, a whole zero buffer (a hole), a tail."""
+    c = fetch.CHUNK_SIZE
+    return os.urandom(c) + bytes(c) + b"\x00" * 100 + os.urandom(c // 3)
+
+
+def test_pipeline_content_holes_and_progress(env):
+    body = _mixed_body()
+    seen = []
+    with tempfile.NamedTemporaryFile() as dest:
+        result = fetch.copy_stream(io.BytesIO(body), dest, image_id="img-1",
+                                   size=len(body), hash_algo="sha512",
+                                   expected_hash=hashlib.sha512(body).hexdigest(),
+                                   progress=seen.append)
+        dest.seek(0)
+        assert dest.read() == body
+        st = os.stat(dest.name)
+        # the all-zero buffer became a hole
+        assert st.st_blocks * 512 < len(body) - fetch.CHUNK_SIZE // 2
+    assert result.sha256 == hashlib.sha256(body).hexdigest()
+    assert seen[-1] == len(body) and seen == sorted(seen)
+
+
+def test_pipeline_write_error_is_reported(env):
+    body = _mixed_body()
+
+    class Full(io.BytesIO):
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+    with pytest.raises(exception.ImageDownloadFailed) as ei:
+        fetch.copy_stream(io.BytesIO(body), Full(), image_id="img-1", size=len(body),
+                          hash_algo="sha256",
+                          expected_hash=hashlib.sha256(body).hexdigest())
+    assert "writing the image failed" in _reason(ei)
+    assert "No space left" in _reason(ei)
+
+
+def test_pipeline_read_error_is_reported(env):
+    class Broken(io.RawIOBase):
+        def __init__(self):
+            self.n = 0
+
+        def readinto(self, b):
+            self.n += 1
+            if self.n > 2:
+                raise ConnectionResetError(104, "Connection reset by peer")
+            b[:10] = b"x" * 10
+            return 10
+    with pytest.raises(exception.ImageDownloadFailed) as ei:
+        fetch.copy_stream(Broken(), io.BytesIO(), image_id="img-1", size=1000,
+                          hash_algo="sha256", expected_hash="0" * 64)
+    assert "reading the image failed after 20 bytes" in _reason(ei)
+
+
+def test_verifying_writer(env):
+    body = _mixed_body()
+    with tempfile.TemporaryFile() as dest:
+        w = fetch.VerifyingWriter(dest, image_id="img-1", size=len(body),
+                                  hash_algo="sha256",
+                                  expected_hash=hashlib.sha256(body).hexdigest())
+        for i in range(0, len(body), 256 * 1024):   # a libvirt stream's chunks
+            w.write(body[i:i + 256 * 1024])
+        assert w.finish().size == len(body)
+        dest.seek(0)
+        assert dest.read() == body
+    with tempfile.TemporaryFile() as dest:
+        w = fetch.VerifyingWriter(dest, image_id="img-1", size=10, hash_algo="sha256",
+                                  expected_hash=hashlib.sha256(b"x" * 10).hexdigest())
+        with pytest.raises(exception.ImageDownloadFailed, match="longer"):
+            w.write(b"x" * 11)
+    with tempfile.TemporaryFile() as dest:
+        w = fetch.VerifyingWriter(dest, image_id="img-1", size=10, hash_algo="sha256",
+                                  expected_hash=hashlib.sha256(b"x" * 10).hexdigest())
+        w.write(b"y" * 10)
+        with pytest.raises(exception.ImageDownloadFailed, match="sha256 mismatch"):
+            w.finish()

@@ -148,14 +148,16 @@ def test_process_limits_and_explicit_format_on_every_call(env, set_conf,
     qemu_img.compare(str(raw), "raw", str(q), "qcow2")
     qemu_img.check(str(q), "qcow2")
     assert len(calls) == 8
-    for cmd, kw in calls:
-        assert cmd[0] == "qemu-img"
+    for full, kw in calls:
+        # util-linux prlimit(1) applies the limits, then execs qemu-img
+        assert full[:2] == ("prlimit", "--as=%d" % (512 * 1024 * 1024))
+        assert full[3:5] == ("--", "qemu-img")
+        assert "prlimit" not in kw
+        cmd = full[4:]
         assert "-f" in cmd
         assert not any(a.startswith("-o") for a in cmd)
-        limits = kw["prlimit"]
-        assert limits.address_space == 512 * 1024 * 1024
         long_running = cmd[1] in ("convert", "compare", "check")
-        assert limits.cpu_time == (99 if long_running else 7)
+        assert full[2] == "--cpu=%d" % (99 if long_running else 7)
         if cmd[1] == "info":
             assert "--force-share" in cmd and "--output=json" in cmd
         if "-b" in cmd:
@@ -170,3 +172,15 @@ def test_check_reports_corruption(env):
     report = qemu_img.check(str(q), "qcow2")
     assert report["exit-code"] == qemu_img.CHECK_CORRUPT
     assert report["corruptions"] > 0
+
+
+def test_limits_really_apply(set_conf, monkeypatch):
+    """The process qemu_img starts really has the limits (read from its own
+    /proc/self/limits, with ``cat`` standing in for qemu-img)."""
+    set_conf("address_space_limit_mb", 512, group="qemu_img")
+    set_conf("cpu_time_limit", 7, group="qemu_img")
+    monkeypatch.setattr(qemu_img, "QEMU_IMG", "cat")
+    out, _err = qemu_img._execute(["/proc/self/limits"])
+    lines = {line[:26].strip(): line[26:].split() for line in out.splitlines()[1:]}
+    assert lines["Max address space"][:2] == [str(512 * 1024 * 1024)] * 2
+    assert lines["Max cpu time"][:2] == ["7", "7"]

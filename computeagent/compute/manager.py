@@ -2,21 +2,21 @@
 
 Threads: RPC handlers run in oslo.messaging's threading executor and must return
 quickly; long work (spawn, power operations, migrations) goes to a bounded
-``ThreadPoolExecutor``. Every operation on one instance holds that instance's
-lock (``lockutils`` internal lock ``instance-<uuid>``) so two casts for the same
-instance never interleave.
+``ThreadPoolExecutor``. Every operation that changes an instance holds that
+instance's re-entrant lock (:mod:`computeagent.compute.locks`), here and in the
+migration flows, so two casts for the same instance never interleave.
 """
 import concurrent.futures
 import logging
 import os
 import threading
 
-from oslo_concurrency import lockutils
-
 from computeagent import context
 from computeagent import exception
-from computeagent import states
+from computeagent.compute import locks
+from computeagent.compute import states
 from computeagent import utils
+from computeagent.images import fetch
 from computeagent.images import qemu_img
 from computeagent.rpc import schema
 from computeagent.virt import guest as vguest
@@ -26,8 +26,7 @@ LOG = logging.getLogger(__name__)
 GiB = 1024 ** 3
 
 
-def _instance_lock(uuid):
-    return lockutils.lock("instance-%s" % uuid)
+_instance_lock = locks.instance_lock
 
 
 class ComputeManager:
@@ -41,10 +40,14 @@ class ComputeManager:
         self.pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=conf.long_task_workers, thread_name_prefix="task")
         self._sync_lock = threading.Lock()
-        from computeagent import live_migration
+        from computeagent.compute import live_migration
         self.live = live_migration.LiveMigrationFlows(self, peer_api)
-        from computeagent import resize
+        from computeagent.compute import resize
         self.resize = resize.ResizeFlows(self, peer_api)
+        from computeagent.compute import precache
+        self.precache = precache.ImageCacheFlows(self, peer_api)
+        from computeagent.configdrive import flows as configdrive  # issue 13
+        self.configdrive = configdrive.ConfigDriveFlows(self)
 
     # -- helpers -----------------------------------------------------------
     def _submit(self, ctx, fn, *args):
@@ -124,13 +127,16 @@ class ComputeManager:
     # -- spawn -------------------------------------------------------------
     def spawn(self, ctx, instance):
         inst = schema.validate_instance(instance, self.conf.network.allowed_bridges)
+        fetch.check_source(inst["image"]["id"], inst["image"]["url"])
         try:
             record = self.db.instance_create({
                 "uuid": inst["uuid"], "name": inst["name"], "host": self.host,
                 "state": states.BUILDING, "task_state": states.SPAWNING,
                 "power_state": states.POWER_NOSTATE, "flavor": inst["flavor"],
                 "image": inst["image"], "networks": inst["networks"],
-                "meta": inst["metadata"], "request_id": ctx.request_id})
+                "meta": inst["metadata"], "request_id": ctx.request_id,
+                "config_drive": bool(inst.get("config_drive") or inst.get("user_data")),
+                "user_data": inst.get("user_data")})
         except exception.InstanceExists:
             LOG.info("spawn of %s ignored: the instance already exists", inst["uuid"])
             return
@@ -159,6 +165,7 @@ class ComputeManager:
                     self.driver.make_instance_dir(uuid)
                     created_dir = True
                     qemu_img.create_overlay(disk, base.path, base.disk_format, size)
+                self.configdrive.at_spawn(inst)  # issue 13: disk.config, if wanted
                 self.driver.define_and_start(inst)
             except Exception as e:
                 LOG.warning("spawn of %s failed: %s", uuid, e)
@@ -218,6 +225,8 @@ class ComputeManager:
 
     # -- delete ------------------------------------------------------------
     def delete(self, ctx, uuid):
+        """Delete; an instance in RESIZE_VERIFY has its resize confirmed first (the
+        source's set-aside copy is removed too, and auto-confirm has nothing left)."""
         inst = self._get_own(uuid)
         if inst["task_state"] not in (None, states.DELETING, states.SPAWNING):
             raise exception.InstanceInvalidState(
@@ -234,6 +243,8 @@ class ComputeManager:
             except exception.InstanceNotFound:
                 return
             try:
+                if inst["state"] == states.RESIZE_VERIFY:
+                    self.resize.confirm_before_delete(ctx, uuid)
                 self.driver.destroy(uuid)
                 self.driver.remove_instance_dir(uuid)
             except Exception as e:
@@ -272,11 +283,15 @@ class ComputeManager:
                 try:
                     if self.driver.lookup(uuid) is not None:
                         self.driver.update_interface(uuid, vif)
+                    self.configdrive.after_network_change(dict(inst, networks=nets))
                 except Exception as e:
+                    LOG.warning("%s %s on %s failed: %s", action, address, uuid, e)
                     self.db.instance_update(uuid, fault="%s failed: %s" % (action, e))
                     self.notifier.instance(ctx, inst, action, "error", fault=str(e))
                     return
                 inst = self.db.instance_update(uuid, networks=nets)
+                LOG.info("%s %s on %s: done, fixed IPs now %s", action, address, uuid,
+                         ", ".join(ips))
                 self.notifier.instance(ctx, inst, action, "end", address=address)
         self._submit(ctx, run, uuid)
 
@@ -305,6 +320,7 @@ class ComputeManager:
         out = {k: inst[k] for k in ("uuid", "name", "host", "state", "task_state",
                                     "power_state", "flavor", "networks", "fault",
                                     "metadata")}
+        out["config_drive"] = bool(inst.get("config_drive"))
         out["image_id"] = inst["image"].get("id") if inst.get("image") else None
         out["created_at"] = inst["created_at"].isoformat() if inst.get("created_at") else None
         out["disk"] = self._disk_facts(inst) if disk else {"path": inst.get("disk_path")}
@@ -393,9 +409,27 @@ class ComputeManager:
         finally:
             self._sync_lock.release()
 
+    def bound_console_logs(self):
+        """Keep every local instance's console.log within
+        ``[libvirt] console_log_max_bytes`` (a periodic task)."""
+        limit = self.conf.libvirt.console_log_max_bytes
+        if not limit:
+            return
+        for inst in self.db.instance_get_all(host=self.host):
+            try:
+                dropped = self.driver.bound_console_log(inst["uuid"], limit)
+            except Exception:
+                LOG.exception("bounding the console log of %s failed", inst["uuid"])
+                continue
+            if dropped:
+                LOG.info("console log of %s cut by %d bytes (limit %d)",
+                         inst["uuid"], dropped, limit)
+
     def init_host(self):
         """Reconcile records with what libvirt has, after a (re)start."""
         ctx = context.new_context()
+        for warning in self.driver.hypervisor_warnings():
+            LOG.warning(warning)
         try:
             domains = self.driver.list_managed_domains()
         except exception.HypervisorUnavailable:
@@ -423,6 +457,7 @@ class ComputeManager:
         self.live.recover()
         resizing = self.resize.in_flight_uuids()
         self.resize.recover()
+        self.precache.recover()
         if domains is not None:
             for uuid, facts in domains.items():
                 if uuid in records or uuid in resizing:
@@ -442,12 +477,23 @@ class ComputeManager:
         self.sync_power_states()
 
     def _resume_spawn(self, ctx, uuid):
-        """An interrupted spawn with no domain: start it over from scratch."""
+        """An interrupted spawn with no domain: start it over from scratch -- but
+        its directory goes only once libvirtd says no domain uses it (libvirtd may
+        have been down when init_host looked)."""
         with _instance_lock(uuid):
             try:
+                if self.driver.host.wait_connected(600) and \
+                        self.driver.lookup(uuid) is not None:
+                    LOG.info("interrupted spawn of %s has its domain: kept", uuid)
+                    self.db.instance_update(uuid, state=states.ACTIVE, task_state=None,
+                                            disk_path=self.driver.disk_path(uuid))
+                    self.sync_instance_power(uuid)
+                    return
                 self.driver.remove_instance_dir(uuid)
             except Exception:
-                LOG.exception("cleanup of interrupted spawn %s", uuid)
+                LOG.exception("cleanup of interrupted spawn %s; left for the next "
+                              "start", uuid)
+                return
         self._do_spawn(ctx, uuid)
 
     def cleanup_image_cache(self):
