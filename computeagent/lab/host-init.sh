@@ -2,7 +2,8 @@
 # Init of one lab hypervisor.  computeagent.lab starts it as
 #
 #   unshare --mount --uts --propagation private \
-#       nsenter --net=/run/netns/calab-<name> -- host-init.sh <name> <host dir> <subreaper>
+#       nsenter --net=/run/netns/calab-<name> -- host-init.sh <name> <host dir> <subreaper> \
+#       [<qemu wrapper>]
 #
 # in a new session, so this process already lives in the host's own network namespace
 # and in fresh (private) mount and UTS namespaces.  It gives the host its own view of the
@@ -17,6 +18,7 @@ set -eu
 name=$1
 hostdir=$2
 subreaper=$3
+qemu_wrapper=${4:-}
 
 echo "host-init[$$]: $name, host dir $hostdir"
 
@@ -49,6 +51,14 @@ if [ -d /run/netns ]; then
         [ -e "$ns" ] || continue
         umount "$ns" 2>/dev/null || true
     done
+fi
+
+# The lab's QEMU (qemu-tcg-ram-pad.sh: guest RAM 8 KiB larger, so that QEMU 7.2 keeps
+# TCG's dirty tracking right during live migration): the real binary on <wrapper>.real,
+# the wrapper in its place, in this host's mount namespace only.
+if [ -n "$qemu_wrapper" ]; then
+    mount --bind /usr/bin/qemu-system-x86_64 "$qemu_wrapper.real"
+    mount --bind "$qemu_wrapper" /usr/bin/qemu-system-x86_64
 fi
 
 ip link set lo up

@@ -205,7 +205,8 @@ class HostsMixin:
                 ["taskset", "-c", str(cpu),
                  "unshare", "--mount", "--uts", "--propagation", "private",
                  "nsenter", f"--net=/run/netns/{h['netns']}", "--",
-                 "/bin/sh", HOST_INIT, name, h["dir"], self.state["subreaper"]],
+                 "/bin/sh", HOST_INIT, name, h["dir"], self.state["subreaper"],
+                 self.state.get("qemu_wrapper") or ""],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, close_fds=True, cwd="/")
         self._keep(proc)

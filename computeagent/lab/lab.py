@@ -47,7 +47,7 @@ from computeagent.lab.layout import (  # the names of the lab, re-exported here 
     BROKER_USER, DEFAULT_LAB_DIR, HOST_BRIDGE, HOST_INIT, IMAGE_PORT, INSTANCES_PATH,
     LIBVIRT_QEMU_UID, LIBVIRT_TCP_PORT, MAX_HOSTS, MOUNT_POINTS, NS_PREFIX, OWNER_FILE,
     PKG_DIR, PREFIXLEN, REQUIRED_BINARIES, STATE_PATH, STATE_VERSION, SUBNET_CANDIDATES,
-    SUBREAPER_SRC, default_lab_dir, host_ip, host_name)
+    QEMU_RAM_PAD_SRC, SUBREAPER_SRC, default_lab_dir, host_ip, host_name)
 from computeagent.lab.network import NetworkMixin, choose_subnet
 from computeagent.lab.services import BrokerMixin, ImageServerMixin
 from computeagent.lab.util import LOG, _libvirt, _run, _write
@@ -307,6 +307,30 @@ class Lab(HostsMixin, AgentsMixin, NetworkMixin, BrokerMixin, ImageServerMixin,
         os.replace(tmp, out)
         return out
 
+    def _install_qemu_wrapper(self):
+        """<lab>/bin/qemu-system-x86_64: the real QEMU with the guest RAM padded by 8 KiB
+        (qemu-tcg-ram-pad.sh says why), bind-mounted over the real binary on each host.
+        ``COMPUTEAGENT_LAB_RAM_PAD=0`` leaves QEMU as it is (to reproduce the loss)."""
+        if os.environ.get("COMPUTEAGENT_LAB_RAM_PAD", "1") == "0":
+            self.state["qemu_wrapper"] = None
+            return None
+        out = os.path.join(self.lab_dir, "bin", "qemu-system-x86_64")
+        real = out + ".real"            # mount point of the real binary, on each host
+        with open(QEMU_RAM_PAD_SRC) as f:
+            text = f.read().replace("@REAL@", real)
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        if not os.path.exists(real):
+            _write(real, "")
+        try:
+            with open(out) as f:
+                same = f.read() == text
+        except OSError:
+            same = False
+        if not same:     # unchanged: same ctime, libvirt's capability cache holds
+            _write(out, text, mode=0o755)
+        self.state["qemu_wrapper"] = out
+        return out
+
     def _new_state(self, hosts, extra_conf, prefix, broker_nodes=1):
         labdir = self.lab_dir
         gateway = f"{prefix}.1"
@@ -426,6 +450,7 @@ class Lab(HostsMixin, AgentsMixin, NetworkMixin, BrokerMixin, ImageServerMixin,
             shutil.rmtree(n["dir"], ignore_errors=True)
         self._save()
         self._build_subreaper()
+        self._install_qemu_wrapper()
         mark("subreaper")
 
         _write(OWNER_FILE, self.lab_dir + "\n")

@@ -68,6 +68,7 @@ LIBVIRT_QEMU_UID = 64055  # Debian's usual uid/gid of libvirt-qemu
 PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 HOST_INIT = os.path.join(PKG_DIR, "host-init.sh")
 SUBREAPER_SRC = os.path.join(PKG_DIR, "subreaper.c")
+QEMU_RAM_PAD_SRC = os.path.join(PKG_DIR, "qemu-tcg-ram-pad.sh")
 
 REQUIRED_BINARIES = ["openssl", "ip", "unshare", "nsenter", "taskset", "libvirtd", "virsh",
                      "qemu-system-x86_64", "mount", "hostname"]
