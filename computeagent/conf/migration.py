@@ -10,8 +10,10 @@ opts = [
                     "(it may download a base image)."),
     cfg.IntOpt("completion_timeout_per_gib", default=800, min=0,
                help="Seconds per GiB of RAM + disk (fixed when the migration "
-                    "starts, at least 60 s) before `timeout_action` is taken "
-                    "(0 disables)."),
+                    "starts, at least `completion_timeout_min`) before "
+                    "`timeout_action` is taken (0 disables)."),
+    cfg.IntOpt("completion_timeout_min", default=60, min=1,
+               help="Shortest completion timeout, seconds, however small the guest."),
     cfg.IntOpt("bandwidth_mib", default=0, min=0,
                help="Migration bandwidth cap in MiB/s (0 = unlimited)."),
     cfg.IntOpt("downtime", default=500, min=100,

@@ -54,10 +54,11 @@ if [ -d /run/netns ]; then
 fi
 
 # The lab's QEMU (qemu-tcg-ram-pad.sh: guest RAM 8 KiB larger, so that QEMU 7.2 keeps
-# TCG's dirty tracking right during live migration): the real binary on <wrapper>.real,
-# the wrapper in its place, in this host's mount namespace only.
+# TCG's dirty tracking right during live migration): the real binary on the path the
+# wrapper execs, the wrapper in its place, in this host's mount namespace only.
 if [ -n "$qemu_wrapper" ]; then
-    mount --bind /usr/bin/qemu-system-x86_64 "$qemu_wrapper.real"
+    mount --bind /usr/bin/qemu-system-x86_64 \
+        "$(sed -n 's/^real=//p' "$qemu_wrapper")"
     mount --bind "$qemu_wrapper" /usr/bin/qemu-system-x86_64
 fi
 

@@ -47,7 +47,7 @@ from computeagent.lab.layout import (  # the names of the lab, re-exported here 
     BROKER_USER, DEFAULT_LAB_DIR, HOST_BRIDGE, HOST_INIT, IMAGE_PORT, INSTANCES_PATH,
     LIBVIRT_QEMU_UID, LIBVIRT_TCP_PORT, MAX_HOSTS, MOUNT_POINTS, NS_PREFIX, OWNER_FILE,
     PKG_DIR, PREFIXLEN, REQUIRED_BINARIES, STATE_PATH, STATE_VERSION, SUBNET_CANDIDATES,
-    QEMU_RAM_PAD_SRC, SUBREAPER_SRC, default_lab_dir, host_ip, host_name)
+    QEMU_RAM_PAD_SRC, QEMU_REAL_MOUNT, SUBREAPER_SRC, default_lab_dir, host_ip, host_name)
 from computeagent.lab.network import NetworkMixin, choose_subnet
 from computeagent.lab.services import BrokerMixin, ImageServerMixin
 from computeagent.lab.util import LOG, _libvirt, _run, _write
@@ -315,12 +315,12 @@ class Lab(HostsMixin, AgentsMixin, NetworkMixin, BrokerMixin, ImageServerMixin,
             self.state["qemu_wrapper"] = None
             return None
         out = os.path.join(self.lab_dir, "bin", "qemu-system-x86_64")
-        real = out + ".real"            # mount point of the real binary, on each host
         with open(QEMU_RAM_PAD_SRC) as f:
-            text = f.read().replace("@REAL@", real)
+            text = f.read().replace("@REAL@", QEMU_REAL_MOUNT)
         os.makedirs(os.path.dirname(out), exist_ok=True)
-        if not os.path.exists(real):
-            _write(real, "")
+        if not os.path.exists(QEMU_REAL_MOUNT):   # an empty file, the mount point
+            os.makedirs(os.path.dirname(QEMU_REAL_MOUNT), exist_ok=True)
+            _write(QEMU_REAL_MOUNT, "")
         try:
             with open(out) as f:
                 same = f.read() == text

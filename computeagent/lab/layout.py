@@ -69,6 +69,10 @@ PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 HOST_INIT = os.path.join(PKG_DIR, "host-init.sh")
 SUBREAPER_SRC = os.path.join(PKG_DIR, "subreaper.c")
 QEMU_RAM_PAD_SRC = os.path.join(PKG_DIR, "qemu-tcg-ram-pad.sh")
+# Where each host mounts the real QEMU under the wrapper. One level below /usr, as
+# /usr/bin is: QEMU finds its modules and firmware relative to its own directory
+# (../lib/..., ../share/qemu), so a binary run from elsewhere starts without them.
+QEMU_REAL_MOUNT = "/usr/libexec/computeagent-lab-qemu-system-x86_64"
 
 REQUIRED_BINARIES = ["openssl", "ip", "unshare", "nsenter", "taskset", "libvirtd", "virsh",
                      "qemu-system-x86_64", "mount", "hostname"]

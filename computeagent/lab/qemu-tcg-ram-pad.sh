@@ -10,7 +10,8 @@
 # has the measurements. KVM guests are not affected, so this is the lab's business only.
 #
 # Each lab host bind-mounts this file over /usr/bin/qemu-system-x86_64 in its own mount
-# namespace (host-init.sh) and the real binary on @REAL@. Both ends of a migration run
+# namespace (host-init.sh) and the real binary on @REAL@
+# (layout.QEMU_REAL_MOUNT). Both ends of a migration run
 # it, so their RAM blocks stay the same size. libvirt's capability probes (no -m) pass
 # through unchanged.
 set -u

@@ -73,15 +73,16 @@ def retarget_xml(xml, dest_host):
     return ET.tostring(root, encoding="unicode")
 
 
-def completion_timeout(data_total, per_gib):
-    """Seconds a migration may run, scaled by the data to copy (0 = never)."""
+def completion_timeout(data_total, per_gib, minimum=MIN_COMPLETION_TIMEOUT):
+    """Seconds a migration may run, scaled by the data to copy, at least ``minimum``
+    (0 = never)."""
     if not per_gib:
         return 0
-    return max(MIN_COMPLETION_TIMEOUT, int(per_gib * data_total / GiB))
+    return max(minimum, int(per_gib * data_total / GiB))
 
 
-def should_abort(elapsed, data_total, per_gib):
-    limit = completion_timeout(data_total, per_gib)
+def should_abort(elapsed, data_total, per_gib, minimum=MIN_COMPLETION_TIMEOUT):
+    limit = completion_timeout(data_total, per_gib, minimum)
     return bool(limit) and elapsed > limit
 
 
@@ -143,6 +144,7 @@ class ConvergenceOptions:
     permit_post_copy: bool = False
     timeout_action: str = "abort"
     completion_timeout_per_gib: int = 800
+    completion_timeout_min: int = MIN_COMPLETION_TIMEOUT
     parallel_connections: int = 0       # 0/1 = one stream
     bandwidth_mib: int = 0
 
@@ -156,6 +158,7 @@ class ConvergenceOptions:
                    permit_post_copy=mc.permit_post_copy,
                    timeout_action=mc.timeout_action,
                    completion_timeout_per_gib=mc.completion_timeout_per_gib,
+                   completion_timeout_min=mc.completion_timeout_min,
                    parallel_connections=mc.parallel_connections,
                    bandwidth_mib=mc.bandwidth_mib)
 
@@ -246,7 +249,8 @@ class ConvergenceState:
 def start_convergence(opts, now, ram_bytes, disk_bytes):
     data = max(0, int(ram_bytes)) + max(0, int(disk_bytes))
     return ConvergenceState(started=now,
-                            budget=completion_timeout(data, opts.completion_timeout_per_gib),
+                            budget=completion_timeout(data, opts.completion_timeout_per_gib,
+                                                      opts.completion_timeout_min),
                             schedule=tuple(downtime_schedule(opts, data)),
                             progress_at=now)
 

@@ -14,14 +14,14 @@ import uuid as uuidlib
 
 import pytest
 
-# Debian 12's QEMU (7.2) loses a few guest writes in every live migration of a TCG
-# guest (its fast dirty-bitmap sync leaves TCG's TLB stale; fixed upstream in 9.0 by
-# 03bfc2188f; tools/probe_tcg_migration.py measures it, docs/faults.md). The lab has
-# no KVM, so a migrated guest's kernel now and then crashes on a lost write. A test
-# that live-migrates gets one more run when, and only when, it failed on such a
-# crash (GuestPanic: the guest's console shows a panic, oops, BUG or lockup, or
-# GuestSilent: it printed nothing at all, a hung guest); any
-# other failure, or the same crash twice, fails it. The rerun shows in the summary.
+# Debian 12's QEMU (7.2) loses a few guest writes in a live migration of a TCG guest
+# whose RAM is a multiple of 256 KiB (its fast dirty-bitmap sync leaves TCG's TLB
+# stale; fixed upstream in 9.0 by 03bfc2188f; docs/tcg-migration.md). The lab's QEMU
+# wrapper pads every guest's RAM by 8 KiB, which takes the slow, correct path. As a
+# second line, a test that live-migrates gets one more run when, and only when, it
+# failed on a guest crash (GuestPanic: the console shows a panic, oops, BUG or
+# lockup; GuestSilent: it printed nothing at all, a hung guest); any other failure,
+# or the same crash twice, fails it. A rerun shows in the summary.
 TCG_LIVE_MIGRATION = pytest.mark.flaky(reruns=1, only_rerun=["GuestPanic", "GuestSilent"])
 
 REQUIRED_BINARIES = ["libvirtd", "virsh", "qemu-system-x86_64", "qemu-img",

@@ -255,8 +255,8 @@ def _pc_ram_bytes(lab, host, name):
                                "info ramblock"]).stdout
     for line in out.splitlines():
         f = line.split()
-        if f and f[0] == "pc.ram":        # Block Name, PSize, Offset, Used, Total
-            return int(f[3], 16)
+        if f and f[0] == "pc.ram":     # Block Name, PSize (2 words), Offset, Used, Total
+            return int(f[4], 16)
     raise AssertionError("no pc.ram block in:\n" + out)
 
 

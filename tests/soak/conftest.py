@@ -1,5 +1,3 @@
 """Soak: real-stack matrices run by scripts (tools/soak_*.py), not by the suite
-(pytest's testpaths are tests/unit and tests/functional): they take ~7 min a run. The
-guests they reuse can crash after a live migration (QEMU 7.2 under TCG loses guest
-writes: docs/tcg-migration.md), which fails every later case of that run."""
+(pytest's testpaths are tests/unit and tests/functional): they take ~7 min a run."""
 from tests.functional.conftest import *  # noqa: F401,F403  (the lab fixtures)

@@ -26,6 +26,8 @@ def test_completion_timeout_scales():
     assert migration.completion_timeout(0, 800) == 60
     assert migration.completion_timeout(2 * migration.GiB, 800) == 1600
     assert migration.completion_timeout(10 * migration.GiB, 0) == 0
+    assert migration.completion_timeout(0, 800, minimum=20) == 20
+    assert migration.completion_timeout(2 * migration.GiB, 800, minimum=20) == 1600
     assert migration.should_abort(1601, 2 * migration.GiB, 800)
     assert not migration.should_abort(1599, 2 * migration.GiB, 800)
 
