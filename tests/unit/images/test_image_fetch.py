@@ -243,6 +243,34 @@ def test_pipeline_content_holes_and_progress(env):
     assert seen[-1] == len(body) and seen == sorted(seen)
 
 
+def test_pipeline_starts_writeback_as_it_goes_and_keeps_the_content(env, monkeypatch):
+    """Write-back is started every WRITEBACK_EVERY bytes (here every buffer): the
+    file still holds exactly the body, holes included; a range sync_file_range
+    cannot take (a pipe) is ignored, as the advice it is."""
+    monkeypatch.setattr(fetch, "WRITEBACK_EVERY", fetch.CHUNK_SIZE)
+    kicks = []
+    real = fetch.start_writeback
+    monkeypatch.setattr(fetch, "start_writeback",
+                        lambda fd, off, n: (kicks.append((off, n)), real(fd, off, n)))
+    body = _mixed_body() * 2
+    with tempfile.NamedTemporaryFile() as dest:
+        result = fetch.copy_stream(io.BytesIO(body), dest, image_id="img-1",
+                                   size=len(body), hash_algo="sha256",
+                                   expected_hash=hashlib.sha256(body).hexdigest())
+        dest.seek(0)
+        assert dest.read() == body
+    assert result.size == len(body)
+    # consecutive ranges from 0, each at least one buffer long
+    assert kicks and kicks[0][0] == 0
+    assert all(a[0] + a[1] == b[0] for a, b in zip(kicks, kicks[1:]))
+    r, w = os.pipe()
+    try:
+        fetch.start_writeback(w, 0, 4096)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 def test_pipeline_write_error_is_reported(env):
     body = _mixed_body()
 
