@@ -73,7 +73,13 @@ def grep_tcp(iface, patterns, stop_file, max_seconds, hosts=None):
     "packets": n, "flows": n}."""
     import os
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
+    # SO_RCVBUF is capped at net.core.rmem_max (~208 KiB): a busy 2-core machine
+    # then drops whole bursts of the migration stream before this loop reads them
+    # (a marker was missed once that way). As root, SO_RCVBUFFORCE takes 64 MiB.
+    try:
+        s.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), 64 << 20)
+    except OSError:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
     s.bind((iface, 0))
     keep = max(len(p) for p in patterns) - 1
     tails = {}
