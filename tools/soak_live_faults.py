@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Soak: the live-migration fault matrix (tests/soak/test_live_migration_faults.py and
+"""Soak: the live-migration fault matrix (tests/functional/test_live_migration_faults.py and
 test_live_migration_stop.py) ``--runs`` times on the real stack; writes its figures
 (cases x runs, seconds to settle after the fault cleared: max / median, what failed or
-was lost) to docs/faults.md.  Not part of the suite (see tests/soak/conftest.py).
+was lost) to docs/faults.md.  The suite runs each case once.
 
     COMPUTEAGENT_LAB_SLOT=<slot> .venv/bin/python tools/soak_live_faults.py --runs 3
 """
@@ -16,7 +16,8 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TESTS = ["tests/soak/test_live_migration_faults.py", "tests/soak/test_live_migration_stop.py"]
+TESTS = ["tests/functional/test_live_migration_faults.py",
+         "tests/functional/test_live_migration_stop.py"]
 LINE = re.compile(r"^(?:\.)?([a-z][a-z0-9:-]+): ends on the (\S+) \(\S+\), settled in ([0-9.]+)s")
 LOG_DIR = os.environ.get("TMPDIR", "/tmp")    # each run's whole pytest output
 RESULT = re.compile(r"^(PASSED|FAILED|ERROR) \S+::(\S+)")
@@ -61,7 +62,7 @@ def main():
     lines = ["# Live-migration fault matrix (soak)", "",
              "`tools/soak_live_faults.py --runs %d`, %s UTC, on the lab (2 cores shared "
              "with other labs), TLS on every link. Modules: "
-             "`tests/soak/test_live_migration_{faults,stop}.py` (not in the suite). "
+             "`tests/functional/test_live_migration_{faults,stop}.py` (each case once in the suite). "
              "Cases: `live-*:<step>` an agent SIGKILLed at that step ([debug] crash_at) "
              "and restarted; `broker-down:<step>` the broker stopped for 10 s as the "
              "source makes its next peer call ([debug] pause_at holds it there); "

@@ -56,6 +56,9 @@ S = states.ResizeStatus
 ACTIVE_STATUSES = tuple(s.value for s in S if s.value not in states.RESIZE_TERMINAL)
 TERMINAL = states.RESIZE_TERMINAL
 RESIZE_TASK = states.RESIZE_TASK
+#: seconds one attempt of the (retried, idempotent) confirm/revert call to the
+#: source waits for its answer
+CONFIRM_CALL_TIMEOUT = 10
 _short = background.short
 
 
@@ -128,7 +131,13 @@ class ResizeFlows:
         source already records ``done`` (our first call's answer was lost) is
         success."""
         try:
-            return self._call(host, method, uuid, mid, retry_for=600)
+            # each attempt waits CONFIRM_CALL_TIMEOUT, not rpc_call_timeout: the call
+            # is quick and idempotent, and a source that died while handling it
+            # (its restart finishes the confirm/revert itself) is asked again after
+            # seconds instead of half a minute
+            return self._call(host, method, uuid, mid, retry_for=600,
+                              timeout=min(CONFIRM_CALL_TIMEOUT,
+                                          self.conf.rpc_call_timeout))
         except exception.PeerRefused as e:
             if e.kwargs.get("status") == done.value:
                 LOG.info("%s of %s: the source is already %s", method, mid, done.value)

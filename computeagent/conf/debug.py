@@ -8,7 +8,7 @@ opts = [
                      "purpose so tests can prove they are caught: 'flat_overlay' "
                      "pre-creates the live-migration destination disk without its "
                      "backing file (the 2011 corruption)."),
-    cfg.ListOpt("crash_at", default=[],
+    cfg.ListOpt("crash_at", default=[], mutable=True,
                 help="TESTS ONLY, never in production. Points of the resize flow "
                      "where the agent kills itself with SIGKILL, to prove crash "
                      "recovery: source:after-power-off, source:during-copy, "
@@ -17,8 +17,9 @@ opts = [
                      "dest:during-revert, source:during-revert; live migration: "
                      "live-source:queued, live-source:preparing, "
                      "live-source:running, live-source:post-migrating, "
-                     "live-dest:preparing, live-dest:post-migrating."),
-    cfg.ListOpt("pause_at", default=[],
+                     "live-dest:preparing, live-dest:post-migrating. Re-read on "
+                     "SIGHUP, so a test needs no restart to arm or clear a point."),
+    cfg.ListOpt("pause_at", default=[], mutable=True,
                 help="TESTS ONLY, never in production. 'point=seconds' entries: at "
                      "one of the crash_at points the agent waits that long (at most "
                      "600 s), so a test can restart the broker or cut a link at "

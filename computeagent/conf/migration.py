@@ -14,8 +14,10 @@ opts = [
                     "`timeout_action` is taken (0 disables)."),
     cfg.IntOpt("completion_timeout_min", default=60, min=1,
                help="Shortest completion timeout, seconds, however small the guest."),
-    cfg.IntOpt("bandwidth_mib", default=0, min=0,
-               help="Migration bandwidth cap in MiB/s (0 = unlimited)."),
+    cfg.IntOpt("bandwidth_mib", default=0, min=0, mutable=True,
+               help="Migration bandwidth cap in MiB/s (0 = unlimited). Read when a "
+                    "migration starts: after a SIGHUP, the next migration uses the "
+                    "new value; running ones keep theirs."),
     cfg.IntOpt("downtime", default=500, min=100,
                help="Largest downtime, ms, the convergence policy allows at the end "
                     "of its downtime steps (the guest's final pause while the last "

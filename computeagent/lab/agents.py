@@ -156,6 +156,31 @@ class AgentsMixin:
             self._wait_agents_serving([name], serving_timeout)
         return self.agent_pid(name)
 
+    def reconfigure_agent(self, name, extra_conf, timeout=30.0):
+        """Rewrite host ``name``'s agent config with ``extra_conf`` (as ``start_agent``)
+        and SIGHUP the running agent; return once its log says it reloaded.  Only the
+        agent's mutable options change this way (``[debug] crash_at``/``pause_at``,
+        ``[migration] bandwidth_mib``, log levels): a second or two less than a
+        restart, and the agent's state (connections, threads) stays as it is."""
+        h = self.host(name)
+        ref = h.get("agent_ref")
+        if not procutil.ref_alive(ref):
+            raise LabError(f"agent of {name} does not run")
+        log = self.agent_log(name)
+        start = os.path.getsize(log)
+        self.write_agent_config(name, extra_conf)
+        procutil.send_signal(ref, signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with open(log, "rb") as f:
+                f.seek(start)
+                if b"SIGHUP: configuration reloaded" in f.read():
+                    return
+            if not procutil.ref_alive(ref):
+                raise LabError(f"agent of {name} exited on SIGHUP; {log}:\n" + _tail(log))
+            time.sleep(0.05)
+        raise LabError(f"agent of {name} did not reload within {timeout:.0f} s")
+
     def stop_agent(self, name, sig=signal.SIGTERM, timeout=15.0):
         """Send ``sig`` to host ``name``'s agent.  For SIGTERM/SIGINT/SIGQUIT/SIGKILL
         wait until it is gone (SIGKILL after ``timeout``); other signals (SIGHUP,

@@ -243,8 +243,8 @@ CRASHES = [
 def test_crash_matrix(lab, agent, ctxt, guest_image, point, victim, then, expected):
     inst = spawn(agent, ctxt, guest_image)
     uuid = inst["uuid"]
-    lab.stop_agent(victim)
-    lab.start_agent(victim, extra_conf={"debug": {"crash_at": point}})
+    # armed by SIGHUP ([debug] crash_at is mutable): no restart before the case
+    lab.reconfigure_agent(victim, {"debug": {"crash_at": point}})
     try:
         mid = resize(agent, ctxt, uuid, B, BIG)
         if then:
@@ -278,4 +278,6 @@ def test_crash_matrix(lab, agent, ctxt, guest_image, point, victim, then, expect
     finally:
         if lab.agent_pid(victim) is None:
             lab.start_agent(victim, extra_conf={})
+        else:
+            lab.reconfigure_agent(victim, {})
         cleanup(agent, ctxt, uuid)
