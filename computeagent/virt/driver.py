@@ -145,8 +145,11 @@ class LibvirtDriver:
             version = self.host.get_connection().getVersion()
         except Exception:                  # libvirt down: init_host says so itself
             return []
-        warning = policy.tcg_migration_warning(self.conf.libvirt.virt_type, version)
-        return [warning] if warning else []
+        warnings = [policy.tcg_migration_warning(self.conf.libvirt.virt_type, version),
+                    policy.qemu_tls_warning(self.conf.migration.tls,
+                                            self.conf.migration.qemu_tls_dir,
+                                            os.path.exists)]
+        return [w for w in warnings if w]
 
     def abort_migration(self, uuid):
         dom = self.host.lookup(uuid)

@@ -1,3 +1,4 @@
+import os
 import libvirt
 
 from computeagent.virt import config
@@ -55,3 +56,18 @@ def test_tcg_before_qemu_9_warns_that_live_migration_loses_writes():
     assert migration.tcg_migration_warning("qemu", 9000000) is None
     assert migration.tcg_migration_warning("kvm", 7002022) is None
     assert migration.tcg_migration_warning("qemu", 0) is None
+
+
+def test_missing_dh_params_warns_that_incoming_tls_migrations_start_slowly(tmp_path):
+    qemu_dir = tmp_path / "qemu"
+    qemu_dir.mkdir()
+    (qemu_dir / "server-cert.pem").write_text("x")
+    warning = migration.qemu_tls_warning(True, str(qemu_dir), os.path.exists)
+    assert str(qemu_dir / "dh-params.pem") in warning and "ffdhe2048" in warning
+    (qemu_dir / "dh-params.pem").write_text("-----BEGIN DH PARAMETERS-----")
+    assert migration.qemu_tls_warning(True, str(qemu_dir), os.path.exists) is None
+    # TLS off, or no QEMU certificate directory at all (the TLS setup itself is
+    # then what fails, loudly, at the first migration): nothing to say here
+    (qemu_dir / "dh-params.pem").unlink()
+    assert migration.qemu_tls_warning(False, str(qemu_dir), os.path.exists) is None
+    assert migration.qemu_tls_warning(True, str(tmp_path / "nope"), os.path.exists) is None
