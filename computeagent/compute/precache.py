@@ -6,8 +6,8 @@ them. Each image gets a record (table ``image_cache``) that walks
     queued -> downloading -> cached
                           \\-> failed (failure_reason says why; nothing is cached)
 
-with bytes done/total (written at most every PROGRESS_INTERVAL seconds, not per
-buffer), the digest, where the bytes came from (``source``) and a pin.
+with bytes done/total (while it downloads, bytes done live in memory and
+``get_image_cache`` reads them from there; the record gets them at the end), the digest, where the bytes came from (``source``) and a pin.
 
 One download per image per host, however many requests arrive: requests for an
 image already queued or downloading here join it (in-process), and the download
@@ -42,7 +42,6 @@ DOWNLOADING = "downloading"
 CACHED = "cached"
 FAILED = "failed"
 STATES = (QUEUED, DOWNLOADING, CACHED, FAILED)
-PROGRESS_INTERVAL = 0.5  # seconds between progress writes of one download
 
 
 def _utc(ts):
@@ -83,6 +82,11 @@ class ImageCacheFlows:
             thread_name_prefix="precache")
         self._lock = threading.Lock()
         self._active = {}  # image_id -> Future of its pre-cache here
+        # image_id -> bytes received so far, while it downloads: kept in memory (a
+        # crash restarts the download anyway), so the data path never waits for a
+        # database commit (an fsync that, on ext4 data=ordered, also flushes what
+        # the download wrote so far)
+        self._progress = {}
 
     # -- RPC -----------------------------------------------------------------
     def cache_images(self, ctx, images, pin_until=None, peers=None):
@@ -122,7 +126,10 @@ class ImageCacheFlows:
                 # aged out (or removed by hand) since: the record is stale
                 records.delete(self.db, rec["image_id"])
                 continue
-            out.append(self._row(rec, base))
+            row = self._row(rec, base)
+            if row["state"] == DOWNLOADING and rec["image_id"] in self._progress:
+                row["bytes_done"] = self._progress[rec["image_id"]]
+            out.append(row)
         for image_id, base in sorted(bases.items()):
             out.append(self._row(None, base, image_id))
         return out
@@ -171,24 +178,13 @@ class ImageCacheFlows:
     def _precache(self, ctx, image, peers=()):
         image_id = image["id"]
         records.upsert(self.db, image_id, state=DOWNLOADING)
-        done = [0]
-        stop = threading.Event()
+        self._progress[image_id] = 0
 
-        def progress(n):      # on the data path: no I/O here
-            done[0] = n
-
-        def writer():         # progress into the record, off the data path
-            last = 0
-            while not stop.wait(PROGRESS_INTERVAL):
-                if done[0] != last:
-                    last = done[0]
-                    records.upsert(self.db, image_id, bytes_done=last)
-        ticker = threading.Thread(target=writer, name="precache-progress", daemon=True)
-        ticker.start()
+        def progress(n):      # on the data path: memory only
+            self._progress[image_id] = n
 
         def progress_end():   # before the final record write, never after it
-            stop.set()
-            ticker.join()
+            self._progress.pop(image_id, None)
         try:
             self._fetch(ctx, image, peers, progress, progress_end)
         finally:
