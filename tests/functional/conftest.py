@@ -226,6 +226,15 @@ def virsh(lab, host, *args, check=True):
     return r.stdout
 
 
+def normal_agent(lab, host):
+    """The agent of ``host`` runs with the lab's config: started when it is down,
+    its crash/pause points and cap cleared (SIGHUP) when it runs."""
+    if lab.agent_pid(host) is None:
+        lab.start_agent(host, extra_conf={})
+    else:
+        lab.reconfigure_agent(host, {})
+
+
 def host_run(lab, host, argv, check=True):
     r = lab.host_exec(host, argv, check=False)
     out = r.stdout if hasattr(r, "stdout") else r

@@ -28,7 +28,8 @@ from computeagent import exception
 from computeagent.lab import guest
 from tests.functional.test_resize import host_view
 from tests.functional.conftest import (TCG_LIVE_MIGRATION, delete_everywhere, host_file_text, host_run,
-                                       make_instance, virsh, wait_for, wait_state)
+                                       make_instance, normal_agent, virsh, wait_for,
+                                       wait_state)
 
 pytestmark = [pytest.mark.realstack, TCG_LIVE_MIGRATION]
 
@@ -135,15 +136,6 @@ def assert_converged(lab, agent, ctxt, uuid, mid, src):
         assert v["defined"] == (host == owner), (host, v)
     assert read_pattern_ok(lab, owner, uuid, "0x5a", "80M")
     return owner
-
-
-def normal_agent(lab, host):
-    """The agent of ``host`` runs with the lab's config: started when it is down,
-    its crash/pause points and cap cleared (SIGHUP) when it runs."""
-    if lab.agent_pid(host) is None:
-        lab.start_agent(host, extra_conf={})
-    else:
-        lab.reconfigure_agent(host, {})
 
 
 def run_case(lab, agent, ctxt, moving_guest, victim_role, point):

@@ -9,7 +9,8 @@ import pytest
 from computeagent import exception
 from computeagent.lab import guest
 from tests.functional.conftest import (delete_everywhere, backing_chain, host_file_text, host_run,
-                                       make_instance, virsh, wait_for, wait_state)
+                                       make_instance, normal_agent, virsh, wait_for,
+                                       wait_state)
 
 pytestmark = pytest.mark.realstack
 
@@ -276,8 +277,5 @@ def test_crash_matrix(lab, agent, ctxt, guest_image, point, victim, then, expect
         assert_clean(lab, uuid, owner)
         assert guest.wait_for_check(console(lab, owner, uuid), timeout=90).ok
     finally:
-        if lab.agent_pid(victim) is None:
-            lab.start_agent(victim, extra_conf={})
-        else:
-            lab.reconfigure_agent(victim, {})
+        normal_agent(lab, victim)
         cleanup(agent, ctxt, uuid)
