@@ -1598,6 +1598,8 @@ def main(argv=None):
     p.add_argument("--no-pause", action="store_true",
                    help="figure 3: leave the guests running")
     p.add_argument("--only", default="1,2,3,4,5,6", help="figures to run, e.g. 1,4")
+    p.add_argument("--migration-option", action="append", metavar="KEY=VALUE",
+                   help="an agent [migration] option for this run (repeatable)")
     p.add_argument("--out", default=os.path.join(REPO, "docs", "benchmarks.md"))
     p.add_argument("--wait-foreign-lab", type=int, default=1800,
                    help="seconds to wait for a lab someone else is using")
@@ -1647,6 +1649,10 @@ def main(argv=None):
                          "kernel_cmdline": art.cmdline, "shutdown_timeout": "1"},
              "network": {"allowed_bridges": "br-lab"},
              "DEFAULT": {"image_cache_manager_interval": "0"}}
+    if args.migration_option:
+        # e.g. downtime_steps=0: what the convergence policy costs against virsh
+        extra["migration"] = dict(kv.split("=", 1) for kv in args.migration_option)
+        data["migration_options"] = extra["migration"]
     transport = None
     b = None
     start_libvirt_event_loop()

@@ -101,7 +101,8 @@ class DestinationSide:
                     else:
                         qemu_img.create_overlay(path, expected_base,
                                                 disk_info["backing_format"], vsize)
-                self.m.configdrive.at_destination(inst, source)  # issue 13: travels
+                self.m.configdrive.at_destination(  # issue 13: travels
+                    inst, source, source_has=disk_info.get("config_drive"))
                 self._crash_point("live-dest:preparing")
                 # the caller gave up meanwhile: it rolls back (or already did);
                 # do not leave anything behind for a migration that never comes

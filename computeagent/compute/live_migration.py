@@ -34,6 +34,7 @@ Statuses (:class:`computeagent.compute.states.LiveStatus`; steps inside them):
 """
 import datetime
 import logging
+import os
 import threading
 import time
 
@@ -251,7 +252,9 @@ class LiveMigrationFlows(DestinationSide, Recovery):
                 "backing_file": backing,
                 "backing_format": info.get("backing-filename-format"),
                 "image_id": image_id,
-                "base_digest": self.cache.digest(image_id) if image_id else None}
+                "base_digest": self.cache.digest(image_id) if image_id else None,
+                # the destination asks this libvirtd for the drive only if there is one
+                "config_drive": os.path.exists(self.driver.config_drive_path(inst["uuid"]))}
 
     def _migrate(self, ctx, uuid, mid, abort):
         mig = self._set(mid, S.PREPARING, step="checking-destination",

@@ -485,7 +485,8 @@ class ResizeFlows:
             if problems:
                 raise exception.BackingChainInvalid(path=disk, reason="; ".join(problems))
             self.m.configdrive.at_destination(  # issue 13: the config drive travels
-                inst, mig["source"], self._resize_dir(uuid))
+                inst, mig["source"], self._resize_dir(uuid),
+                source_has=disk_info.get("config_drive"))
             self._crash_point("dest:before-start")
             dom = self.driver.define_and_start(inst)
             self._crash_point("dest:after-start")

@@ -73,15 +73,21 @@ class ConfigDriveFlows:
         return digest
 
     # -- travel ------------------------------------------------------------
-    def at_destination(self, instance, source_host, source_dir=None):
+    def at_destination(self, instance, source_host, source_dir=None, source_has=None):
         """On a migration or resize destination, before the domain is defined or the
         migration starts: bring the drive the source has (if any), rebuilt here from
         ``instance`` (the validated view of the record) and checked by digest.
 
         ``source_dir`` is the directory holding the source's drive (its instance dir,
-        or ``<uuid>_resize`` during a resize). Returns the digest or None (the source
-        has no drive). Raises MigrationError when the contents differ."""
+        or ``<uuid>_resize`` during a resize). ``source_has``: what the source said
+        in its disk info (False: it has no drive, nothing is asked of its libvirtd;
+        None: not said, asked). Returns the digest or None (the source has no
+        drive). Raises MigrationError when the contents differ."""
         uuid = instance["uuid"]
+        if source_has is False:
+            # a source that wrongly says so only fails its own migration: its
+            # domain XML names a drive this host does not have
+            return None
         source_dir = source_dir or self.driver.instance_dir(uuid)
         local = self._path(uuid)
         fd, tmp = tempfile.mkstemp(prefix=".disk.config-peer-",

@@ -48,6 +48,9 @@ class FakeDriver:
     def disk_path(self, uuid):
         return os.path.join(self.instance_dir(uuid), "disk")
 
+    def config_drive_path(self, uuid):
+        return os.path.join(self.instance_dir(uuid), "disk.config")
+
     def make_instance_dir(self, uuid):
         os.makedirs(self.instance_dir(uuid), exist_ok=True)
 

@@ -121,17 +121,16 @@ def test_errors_carry_stderr(env):
 
 def test_process_limits_and_explicit_format_on_every_call(env, set_conf,
                                                           monkeypatch):
-    """A pass-through spy on processutils.execute: qemu-img really runs, and every
+    """A pass-through spy on the process start: qemu-img really runs, and every
     run has prlimit limits from CONF.qemu_img and an explicit format."""
-    from oslo_concurrency import processutils
     calls = []
-    real = processutils.execute
+    real = qemu_img._spawn
 
-    def spy(*cmd, **kw):
-        calls.append((cmd, kw))
-        return real(*cmd, **kw)
+    def spy(cmd):
+        calls.append((tuple(cmd), {}))
+        return real(cmd)
 
-    monkeypatch.setattr(processutils, "execute", spy)
+    monkeypatch.setattr(qemu_img, "_spawn", spy)
     set_conf("address_space_limit_mb", 512, group="qemu_img")
     set_conf("cpu_time_limit", 7, group="qemu_img")
     set_conf("long_cpu_time_limit", 99, group="qemu_img")
