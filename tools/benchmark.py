@@ -85,7 +85,7 @@ def _ratio(a, b):
 def _cmd_out(argv, first_line=True):
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
-    except Exception as e:  # noqa: best effort
+    except Exception as e:  # best effort
         return "n/a (%s)" % e
     out = out.strip()
     return out.splitlines()[0].strip() if (first_line and out) else out
@@ -628,7 +628,7 @@ def fig3_rss(b, n_instances, samples, pause=True):
             try:
                 conn.lookupByUUIDString(u).suspend()
                 paused.append(u)
-            except Exception as e:  # noqa: report, go on
+            except Exception as e:  # report, go on
                 say("   could not pause %s: %s" % (u, e))
 
     ctxt = b.ctxt("fig3")
@@ -906,7 +906,7 @@ class _JobPoller(threading.Thread):
                     self.n += 1
                     self.last = {k: v for k, v in s.items()
                                  if isinstance(v, (int, float))}
-        except Exception:  # noqa: the domain may be gone already
+        except Exception:  # the domain may be gone already
             pass
         finally:
             with contextlib.suppress(Exception):
@@ -1733,7 +1733,7 @@ def main(argv=None):
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     try:
         data["notes"] = observations(data)
-    except Exception as e:  # noqa: the numbers matter more than the prose
+    except Exception as e:  # the numbers matter more than the prose
         data["notes"] = ["(observations could not be derived: %s)" % e]
     with open(json_path, "w") as f:
         json.dump(data, f, indent=1, sort_keys=True, default=str)

@@ -115,7 +115,7 @@ def wait(fn, timeout, interval=0.2):
             r = fn()
             if r:
                 return r
-        except Exception:  # noqa: broker failing over
+        except Exception:  # broker failing over
             pass
         time.sleep(interval)
     return None
@@ -125,7 +125,7 @@ def serves(agent, host):
     try:
         agent._prepare(host, timeout=3).call({}, "get_host_status")
         return True
-    except Exception:  # noqa: not yet
+    except Exception:  # not yet
         return False
 
 
@@ -148,7 +148,7 @@ def failover(lab, agent, kills):
             try:
                 agent.add_fixed_ip({"request_id": "req-fo-%d" % n}, "hosta", u, "net1", ip)
                 sent.append(ip)
-            except Exception as e:  # noqa: a cast the client could not send at all
+            except Exception as e:  # a cast the client could not send at all
                 print("cast %s not sent: %s" % (ip, e), file=sys.stderr)
     for r in range(kills):
         k = lab.broker_node_of_agent("hosta") or 1

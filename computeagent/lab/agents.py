@@ -126,7 +126,7 @@ class AgentsMixin:
             queues = {self.host(n)["rpc_queue"]: n for n in pending}
             try:
                 counts = _broker.queue_consumers(self.running_broker_node(), list(queues))
-            except Exception as exc:  # noqa: broker restarting: keep polling
+            except Exception as exc:  # broker restarting: keep polling
                 LOG.debug("queue check failed: %s", exc)
                 counts = {}
             for q, n in queues.items():

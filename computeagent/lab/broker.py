@@ -241,7 +241,7 @@ def client_ssl(settings, address="127.0.0.1", ca=None):
 def kombu_connection(settings, address="127.0.0.1", user=None, password=None,
                      ssl_opts=None, **kw):
     """A kombu Connection to this node (amqps with the lab CA when TLS is on)."""
-    import kombu  # noqa: delayed, only the lab needs it
+    import kombu  # delayed, only the lab needs it
 
     url = "amqp://%s:%s@%s:%d//" % (user or settings["user"],
                                     password or settings["password"], address,
@@ -346,7 +346,7 @@ def _check_login(settings, deadline):
         try:
             conn.connect()
             return
-        except Exception as exc:  # noqa: the broker may still be finishing its boot
+        except Exception as exc:  # the broker may still be finishing its boot
             last = exc
             time.sleep(0.1)
         finally:
@@ -357,7 +357,7 @@ def _check_login(settings, deadline):
 def queue_consumers(settings, queues, timeout=2.0):
     """{queue: number of consumers, or None if the queue does not exist} (passive
     declares over AMQP: no rabbitmqctl)."""
-    import amqp.exceptions  # noqa: delayed, only the lab needs it
+    import amqp.exceptions  # delayed, only the lab needs it
 
     result = {}
     with kombu_connection(settings, connect_timeout=timeout) as conn:
@@ -372,7 +372,7 @@ def queue_consumers(settings, queues, timeout=2.0):
             finally:
                 try:
                     ch.close()
-                except Exception:  # noqa: the broker closed it after NotFound
+                except Exception:  # the broker closed it after NotFound
                     pass
     return result
 

@@ -218,7 +218,7 @@ class HostsMixin:
             return False
         try:
             conn = _libvirt().open(h["libvirt_uri"])
-        except Exception:  # noqa: libvirt.libvirtError, daemon starting
+        except Exception:  # libvirt.libvirtError, daemon starting
             return False
         try:
             conn.getVersion()

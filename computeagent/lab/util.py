@@ -43,7 +43,7 @@ def _tail(path, lines=30):
 
 
 def _libvirt():
-    import libvirt  # noqa: delayed: the module needs the C library
+    import libvirt  # delayed: the module needs the C library
 
     # The default handler prints every error on stderr (we poll while daemons start).
     libvirt.registerErrorHandler(lambda ctx, err: None, None)

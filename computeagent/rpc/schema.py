@@ -2,6 +2,7 @@
 through here before the manager sees it; failures raise ``InvalidInput`` with a
 message that names the field."""
 import datetime
+from typing import Any
 import base64
 import ipaddress
 
@@ -90,7 +91,7 @@ INSTANCE = {
 }
 
 
-_VALIDATORS = {}
+_VALIDATORS: dict[int, tuple[dict, Any]] = {}
 
 
 def _validator(schema):

@@ -46,7 +46,7 @@ def queue_consumers(transport, conf, queue):
         return None
     try:
         conn = impl_rabbit.Connection(conf, url, "send", retry=0)
-    except Exception as e:  # noqa: broker unreachable: not a deaf server
+    except Exception as e:  # broker unreachable: not a deaf server
         LOG.debug("watchdog: cannot connect to check %s: %s", queue, e)
         return None
     try:
@@ -56,7 +56,7 @@ def queue_consumers(transport, conf, queue):
             _name, _messages, consumers = conn.channel.queue_declare(queue=queue,
                                                                      passive=True)
         return consumers
-    except Exception as e:  # noqa: amqp NotFound (404) and friends
+    except Exception as e:  # amqp NotFound (404) and friends
         if getattr(e, "code", None) == 404:
             return 0
         LOG.debug("watchdog: cannot check %s: %s", queue, e)
@@ -64,7 +64,7 @@ def queue_consumers(transport, conf, queue):
     finally:
         try:
             conn.close()
-        except Exception:  # noqa: best effort
+        except Exception:  # best effort
             pass
 
 
@@ -100,7 +100,7 @@ class Watchdog(threading.Thread):
             return None
         except messaging.MessagingTimeout:
             return "a call to itself got no answer in %d s" % self.call_timeout
-        except Exception as e:  # noqa: anything else is an answer of sorts
+        except Exception as e:  # anything else is an answer of sorts
             LOG.debug("watchdog probe answered %r", e)
             return None
         return None
@@ -156,7 +156,7 @@ class Watchdog(threading.Thread):
 def _quiet_wait(server):
     try:
         server.wait()
-    except Exception:  # noqa: its connection may be gone
+    except Exception:  # its connection may be gone
         LOG.debug("old RPC server wait failed", exc_info=True)
 
 
