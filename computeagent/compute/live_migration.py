@@ -260,30 +260,43 @@ class LiveMigrationFlows(DestinationSide, Recovery):
         mig = self._set(mid, S.PREPARING, step="checking-destination",
                         started_at=utcnow())
         dest = mig["dest"]
-        inst = self.db.instance_get(uuid)
-        # 1. destination alive and has room
+        # 1. destination alive and has room, asked while this side reads its disk
+        asked = {}
+
+        def ask_status():
+            try:
+                asked["status"] = self.peer.get_host_status(context.to_rpc(ctx), dest,
+                                                            timeout=10)
+            except Exception as e:
+                asked["error"] = e
+        asking = threading.Thread(target=ask_status, name="status-%s" % mid, daemon=True)
+        asking.start()
         try:
-            status = self.peer.get_host_status(context.to_rpc(ctx), dest, timeout=10)
-        except Exception as e:
-            raise LiveFailed("destination %s not reachable: %s" % (dest, _short(e)))
+            inst = self.db.instance_get(uuid)
+            dinfo = self.disk_info(inst)
+        finally:
+            asking.join()
+        if "error" in asked:
+            raise LiveFailed("destination %s not reachable: %s"
+                             % (dest, _short(asked["error"])))
+        status = asked["status"]
         need_mb = inst["flavor"]["memory_mb"]
         if not status.get("libvirt_connected"):
             raise LiveFailed("destination %s has no libvirt connection" % dest)
         if status.get("free_ram_mb", 0) < need_mb:
             raise LiveFailed("destination %s has %s MiB free, needs %s"
                              % (dest, status.get("free_ram_mb"), need_mb))
-        dinfo = self.disk_info(inst)
         if dinfo["backing_file"] is None:
             raise LiveFailed("source disk has no backing file")
         # 2. destination prepares base + overlay (written before it is sent: a
         #    crash from here on must roll the destination back)
         extra = {"role": "source", "prep_sent": True, "disk_info": dinfo}
-        self._upd(mid, step="pre-live-migration", extra=extra)
+        mig = self._upd(mid, step="pre-live-migration", extra=extra)
         self._crash_point("live-source:preparing")
         view = {k: inst[k] for k in ("uuid", "name", "flavor", "image", "networks",
                                      "metadata")}
         timeout = self.conf.migration.pre_live_migration_timeout
-        mview = migration_view(self.db.migration_get(mid))
+        mview = migration_view(mig)
         # oslo.messaging still delivers a call after the caller gave up: the
         # destination refuses (or undoes) a preparation past its deadline.
         mview["pre_deadline"] = time.time() + timeout
