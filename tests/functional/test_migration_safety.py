@@ -1,6 +1,7 @@
 """Migrations that cannot lose a guest (issue 7), on the real stack.
 
-- confirm and revert cast at the same instant, 10 rounds: each ends in exactly one of
+- confirm and revert cast at the same instant, 5 rounds (``COMPUTEAGENT_RACE_ROUNDS``
+  for more; a 20-round run is in docs/faults.md): each ends in exactly one of
   confirmed / reverted, the guest running on exactly one host with its own file check
   OK, no orphan disk or domain;
 - revert racing auto-confirm; delete in RESIZE_VERIFY; double confirm;
@@ -8,6 +9,7 @@
   mismatched uuid and with a forged role, through raw oslo.messaging: refused, and
   instance dirs, domains and records identical before and after.
 """
+import os
 import threading
 import time
 import uuid as uuidlib
@@ -23,7 +25,8 @@ from tests.functional.test_resize import (A, B, INSTANCES, assert_clean, cleanup
 
 pytestmark = [pytest.mark.realstack, TCG_LIVE_MIGRATION]
 
-ROUNDS = 10
+# each round is a cold migration of the real guest and its reboot (~14 s here)
+ROUNDS = int(os.environ.get("COMPUTEAGENT_RACE_ROUNDS", "5"))
 OTHER = {A: B, B: A}
 
 
