@@ -57,7 +57,7 @@ GiB = 1024 ** 3
 MiB = 1024 ** 2
 
 TARGETS = {
-    "live_migration_ratio": 1.10,     # agent / bare virsh migrate
+    "live_migration_ratio": 1.05,     # agent / bare virsh migrate (issue 14)
     "inc_vs_full_fraction": 0.05,     # INC disk bytes / full-copy disk bytes
     "precache_ratio": 1.15,           # pre_live_migration (cold) / curl -o
     "cold_spawn_gets": 1,             # GETs at the image server for 8 spawns
@@ -1136,7 +1136,7 @@ def observations(data):
             "(medians, agent - bare): until the destination's QEMU is started %s s "
             "(the agent's destination status call, `qemu-img info`, the "
             "`pre_live_migration` RPC with its SQLite records, base check and "
-            "`qemu-img create`, each `qemu-img` behind a Python prlimit wrapper), the "
+            "`qemu-img create`, each `qemu-img` under `prlimit(1)`), the "
             "copy and switch-over %s s, after the source's QEMU stopped %s s (the "
             "agent's chain check on the destination, source clean-up and records, "
             "against virsh's return). Downtime: %s ms (agent) vs %s ms (bare), medians."
