@@ -1,6 +1,7 @@
 """Background work of the flows, written once: a named thread whose failure is never
 silent (the error hook records it), and agent-to-agent calls retried with backoff
 until a deadline (tenacity)."""
+import concurrent.futures
 import logging
 import threading
 import time
@@ -33,6 +34,20 @@ def start(name, fn, *args, on_error=None):
     t = threading.Thread(target=run, name=name, daemon=True)
     t.start()
     return t
+
+
+def call(name, fn):
+    """``fn()`` in a named thread, for a flow that goes on meanwhile: a Future that
+    holds its value or its error."""
+    done = concurrent.futures.Future()
+
+    def run():
+        try:
+            done.set_result(fn())
+        except Exception as e:
+            done.set_exception(e)
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return done
 
 
 def short(e):

@@ -32,6 +32,7 @@ Statuses (:class:`computeagent.compute.states.LiveStatus`; steps inside them):
   (migrating) -> post-migrating (verify-at-destination) -> completed
   any status before post-migrating -> failed | cancelled (rolled-back)
 """
+import concurrent.futures
 import datetime
 import logging
 import os
@@ -261,25 +262,14 @@ class LiveMigrationFlows(DestinationSide, Recovery):
                         started_at=utcnow())
         dest = mig["dest"]
         # 1. destination alive and has room, asked while this side reads its disk
-        asked = {}
-
-        def ask_status():
-            try:
-                asked["status"] = self.peer.get_host_status(context.to_rpc(ctx), dest,
-                                                            timeout=10)
-            except Exception as e:
-                asked["error"] = e
-        asking = threading.Thread(target=ask_status, name="status-%s" % mid, daemon=True)
-        asking.start()
+        asking = background.call("status-%s" % mid, lambda: self.peer.get_host_status(
+            context.to_rpc(ctx), dest, timeout=10))
+        inst = self.db.instance_get(uuid)
+        dinfo = self.disk_info(inst)
         try:
-            inst = self.db.instance_get(uuid)
-            dinfo = self.disk_info(inst)
-        finally:
-            asking.join()
-        if "error" in asked:
-            raise LiveFailed("destination %s not reachable: %s"
-                             % (dest, _short(asked["error"])))
-        status = asked["status"]
+            status = asking.result()
+        except Exception as e:
+            raise LiveFailed("destination %s not reachable: %s" % (dest, _short(e)))
         need_mb = inst["flavor"]["memory_mb"]
         if not status.get("libvirt_connected"):
             raise LiveFailed("destination %s has no libvirt connection" % dest)
@@ -393,18 +383,10 @@ class LiveMigrationFlows(DestinationSide, Recovery):
         source gives up at once instead of at the call's timeout -- or, when
         ``done_when(record)`` says that ended record is the answer wanted, returns
         that record's answer (``done_when``'s value)."""
-        result = {}
-
-        def call():
-            try:
-                result["ok"] = fn()
-            except Exception as e:
-                result["error"] = e
-        t = threading.Thread(target=call, name="%s-%s" % (what, mid), daemon=True)
-        t.start()
+        calling = background.call("%s-%s" % (what, mid), fn)
         while True:
-            t.join(poll)
-            if not t.is_alive():
+            concurrent.futures.wait([calling], timeout=poll)
+            if calling.done():
                 break
             try:
                 there = self.peer.get_migration(context.to_rpc(), dest, mid,
@@ -417,12 +399,13 @@ class LiveMigrationFlows(DestinationSide, Recovery):
                     return answer
                 raise LiveFailed("%s on %s: its record is %s (%s)" % (
                     what, dest, there["status"], there.get("error")), rollback_dest=True)
-        if "error" in result:
+        error = calling.exception()
+        if error is not None:
             if done_when is not None:
-                raise result["error"]      # the caller retries or judges it
-            raise LiveFailed("%s on %s failed: %s" % (what, dest, _short(result["error"])),
+                raise error                # the caller retries or judges it
+            raise LiveFailed("%s on %s failed: %s" % (what, dest, _short(error)),
                              rollback_dest=True)
-        return result["ok"]
+        return calling.result()
 
     def _switched_over(self, ctx, uuid, mid, dinfo, stats):
         mig = self.db.migration_get(mid)

@@ -1,10 +1,10 @@
 """Validation of RPC payloads at the edge. Everything the scheduler sends passes
 through here before the manager sees it; failures raise ``InvalidInput`` with a
 message that names the field."""
-import datetime
-from typing import Any
 import base64
+import datetime
 import ipaddress
+from typing import Any
 
 import jsonschema
 
